@@ -1,0 +1,3 @@
+"""DiLaDiff: distilled latent-augmented diffusion for language modeling."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,3 @@
+from diladiff_cli.cli import main
+
+main()

@@ -1,0 +1,274 @@
+"""Checkpoints are data, never pickled code.
+
+* Weights: one safetensors file at the user's path (``--out ladiff.pt`` is fine:
+  the suffix does not decide the format). Its metadata holds a JSON document with
+  the stage, step, the stage's config and the library versions.
+* Resume state: a directory beside it (``<path>.state/``) with the raw weights,
+  EMA, optimizer tensors and RNG states in ``state.safetensors`` and the
+  scalars in ``state.json``.
+
+Every write is atomic: a temporary file (or directory) is renamed into place, so an
+interrupted write never leaves a half-written checkpoint behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import safetensors
+import safetensors.torch
+import torch
+
+from diladiff_cli import __version__
+from diladiff_cli.errors import CheckpointError
+
+META_KEY = "diladiff"
+
+
+@dataclass(frozen=True)
+class CheckpointMeta:
+    """What a weights file says about itself.
+
+    Attributes:
+        stage: which stage wrote it (``mdlm``, ``ae``, ``prior``, ``distill``...).
+        step: optimizer steps taken.
+        config: the stage's config as plain data (rebuilds the model).
+        extra: anything else a stage needs to use the weights (vocabulary, mask id,
+            tokenizer directory, latent statistics...).
+        versions: library versions that wrote it.
+    """
+
+    stage: str
+    step: int
+    config: dict[str, Any]
+    extra: dict[str, Any] = field(default_factory=dict)
+    versions: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class Checkpoint:
+    """Loaded weights: ``tensors`` maps parameter names to CPU tensors."""
+
+    tensors: dict[str, torch.Tensor]
+    meta: CheckpointMeta
+    path: Path
+
+
+def _versions() -> dict[str, str]:
+    return {"diladiff": __version__, "torch": torch.__version__}
+
+
+def _atomic_target(path: Path) -> tuple[int, str]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file and a rename."""
+    path = Path(path)
+    fd, tmp = _atomic_target(path)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode())
+
+
+def _contiguous(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
+
+
+def save_weights(path: str | Path, tensors: dict[str, torch.Tensor], meta: CheckpointMeta) -> None:
+    """Atomically write weights and metadata as one safetensors file."""
+    path = Path(path)
+    doc = {
+        "stage": meta.stage,
+        "step": meta.step,
+        "config": meta.config,
+        "extra": meta.extra,
+        "versions": meta.versions or _versions(),
+    }
+    data = safetensors.torch.save(_contiguous(tensors), metadata={META_KEY: json.dumps(doc)})
+    atomic_write_bytes(path, data)
+
+
+def read_meta(path: str | Path) -> CheckpointMeta:
+    """Read only the metadata of a weights file (cheap: no tensors are loaded)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        with safetensors.safe_open(str(path), framework="pt") as fh:
+            raw = (fh.metadata() or {}).get(META_KEY)
+    except Exception:  # safetensors raises its own error types for foreign files
+        raise CheckpointError(
+            f"{path} is not a diladiff checkpoint (not a safetensors file)"
+        ) from None
+    if raw is None:
+        raise CheckpointError(f"{path} is a safetensors file without diladiff metadata")
+    doc = json.loads(raw)
+    return CheckpointMeta(
+        stage=doc["stage"],
+        step=int(doc["step"]),
+        config=doc["config"],
+        extra=doc.get("extra", {}),
+        versions=doc.get("versions", {}),
+    )
+
+
+def load_checkpoint(path: str | Path, *, stage: str | Iterable[str]) -> Checkpoint:
+    """Load a weights file written by ``stage`` (or one of several stages).
+
+    Raises:
+        CheckpointError: missing file, foreign file, or a checkpoint of another stage.
+    """
+    path = Path(path)
+    meta = read_meta(path)
+    stages = (stage,) if isinstance(stage, str) else tuple(stage)
+    if meta.stage not in stages:
+        raise CheckpointError(
+            f"{path} is a '{meta.stage}' checkpoint, expected {' or '.join(repr(s) for s in stages)}"
+        )
+    tensors = safetensors.torch.load_file(str(path), device="cpu")
+    return Checkpoint(tensors=tensors, meta=meta, path=path)
+
+
+def load_into(module: torch.nn.Module, tensors: dict[str, torch.Tensor], *, source: str) -> None:
+    """``load_state_dict(strict=True)`` with a one-line error on any mismatch."""
+    own = module.state_dict()
+    missing = sorted(set(own) - set(tensors))
+    unexpected = sorted(set(tensors) - set(own))
+    if missing or unexpected:
+        first = f"missing '{missing[0]}'" if missing else f"unexpected '{unexpected[0]}'"
+        raise CheckpointError(
+            f"{source} does not fit the model: {len(missing)} missing and "
+            f"{len(unexpected)} unexpected tensors ({first})"
+        )
+    for name, tensor in tensors.items():
+        if own[name].shape != tensor.shape:
+            raise CheckpointError(
+                f"{source} does not fit the model: '{name}' has shape {tuple(tensor.shape)}, "
+                f"the model expects {tuple(own[name].shape)}"
+            )
+    module.load_state_dict(tensors, strict=True)
+
+
+# ----------------------------------------------------------------------------- resume state
+
+
+def state_dir(weights_path: str | Path) -> Path:
+    """Where the resume state of a weights file lives."""
+    weights_path = Path(weights_path)
+    return weights_path.with_name(weights_path.name + ".state")
+
+
+@dataclass
+class TrainState:
+    """Everything beyond the weights that an exact resume needs.
+
+    Attributes:
+        step: optimizer steps completed.
+        model: raw (non-EMA) weights.
+        ema: EMA weights (empty when EMA is off).
+        optimizer: ``optimizer.state_dict()``.
+        rng: named RNG states (``cpu``, ``cuda``) as uint8 tensors.
+        info: JSON-able scalars (config fingerprint, world size...).
+    """
+
+    step: int
+    model: dict[str, torch.Tensor]
+    ema: dict[str, torch.Tensor]
+    optimizer: dict[str, Any]
+    rng: dict[str, torch.Tensor]
+    info: dict[str, Any]
+
+
+def save_train_state(weights_path: str | Path, state: TrainState) -> None:
+    """Atomically write the resume state directory beside ``weights_path``."""
+    final = state_dir(weights_path)
+    tensors: dict[str, torch.Tensor] = {}
+    tensors.update({f"model.{k}": v for k, v in state.model.items()})
+    tensors.update({f"ema.{k}": v for k, v in state.ema.items()})
+    tensors.update({f"rng.{k}": v for k, v in state.rng.items()})
+    opt_scalars: dict[str, dict[str, Any]] = {}
+    for idx, slots in state.optimizer["state"].items():
+        for key, value in slots.items():
+            if torch.is_tensor(value):
+                tensors[f"opt.{idx}.{key}"] = value
+            else:
+                opt_scalars.setdefault(str(idx), {})[key] = value
+    doc = {
+        "step": state.step,
+        "param_groups": state.optimizer["param_groups"],
+        "opt_scalars": opt_scalars,
+        "info": state.info,
+    }
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
+    try:
+        safetensors.torch.save_file(_contiguous(tensors), str(tmp / "state.safetensors"))
+        (tmp / "state.json").write_text(json.dumps(doc))
+        old = final.with_name(final.name + ".old")
+        if final.exists():
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(final, old)
+        os.replace(tmp, final)
+        shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def load_train_state(weights_path: str | Path) -> TrainState | None:
+    """The resume state beside ``weights_path``, or ``None`` when there is none."""
+    final = state_dir(weights_path)
+    if not (final / "state.json").is_file():
+        old = final.with_name(final.name + ".old")  # killed between the two renames
+        if not (old / "state.json").is_file():
+            return None
+        final = old
+    try:
+        doc = json.loads((final / "state.json").read_text())
+        tensors = safetensors.torch.load_file(str(final / "state.safetensors"))
+    except Exception as err:
+        raise CheckpointError(f"unreadable resume state in {final}: {err}") from None
+    groups: dict[str, dict[str, torch.Tensor]] = {"model": {}, "ema": {}, "rng": {}}
+    opt_state: dict[int, dict[str, Any]] = {}
+    for name, tensor in tensors.items():
+        kind, rest = name.split(".", 1)
+        if kind == "opt":
+            idx, key = rest.split(".", 1)
+            opt_state.setdefault(int(idx), {})[key] = tensor
+        else:
+            groups[kind][rest] = tensor
+    for idx, scalars in doc["opt_scalars"].items():
+        opt_state.setdefault(int(idx), {}).update(scalars)
+    return TrainState(
+        step=int(doc["step"]),
+        model=groups["model"],
+        ema=groups["ema"],
+        optimizer={"state": opt_state, "param_groups": doc["param_groups"]},
+        rng=groups["rng"],
+        info=doc["info"],
+    )
+
+
+def remove_train_state(weights_path: str | Path) -> None:
+    final = state_dir(weights_path)
+    for p in (final, final.with_name(final.name + ".old")):
+        shutil.rmtree(p, ignore_errors=True)

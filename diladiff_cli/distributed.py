@@ -1,0 +1,104 @@
+"""Process topology: torchrun's environment decides, one process is world size 1.
+
+Launch several processes with the existing engine, never a home-made launcher::
+
+    torchrun --nproc_per_node=8 -m diladiff_cli train-mdlm recipes/paper/mdlm.yaml
+    torchrun --nnodes=4 --nproc_per_node=8 --rdzv_backend=c10d \\
+        --rdzv_endpoint=$HEAD:29500 -m diladiff_cli train-mdlm recipes/paper/mdlm.yaml
+
+CUDA processes use NCCL; CPU processes use gloo (so a 2-process run is testable
+on a laptop).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from diladiff_cli.errors import DiladiffError
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """Where this process runs.
+
+    Attributes:
+        rank: global rank (0 for a single process).
+        world_size: number of processes.
+        local_rank: rank within the node (selects the GPU).
+        device: this process's device.
+    """
+
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def resolve_device(name: str, local_rank: int = 0) -> torch.device:
+    """``auto`` picks CUDA when present (one GPU per local rank), else CPU."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda":
+        name = f"cuda:{local_rank}"
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise DiladiffError(f"unknown device '{name}' (use auto, cpu, cuda or cuda:N)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise DiladiffError(f"device '{name}' requested but CUDA is not available on this machine")
+    return device
+
+
+def init_runtime(device: str = "auto") -> Runtime:
+    """Read torchrun's environment, start the process group if there is more than one process."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    dev = resolve_device(device, local_rank)
+    if world_size > 1 and not dist.is_initialized():
+        backend = "nccl" if dev.type == "cuda" else "gloo"
+        if dev.type == "cuda":
+            torch.cuda.set_device(dev)
+        dist.init_process_group(backend=backend)
+    return Runtime(rank=rank, world_size=world_size, local_rank=local_rank, device=dev)
+
+
+def shutdown() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def is_main() -> bool:
+    return not dist.is_initialized() or dist.get_rank() == 0
+
+
+def print0(*args: object, **kwargs: object) -> None:
+    """``print`` on rank 0 only."""
+    if is_main():
+        print(*args, **kwargs)
+
+
+def barrier() -> None:
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def all_reduce_mean(values: torch.Tensor) -> torch.Tensor:
+    """Mean of a tensor over processes (identity for one process)."""
+    if dist.is_initialized():
+        values = values.clone()
+        dist.all_reduce(values)
+        values /= dist.get_world_size()
+    return values

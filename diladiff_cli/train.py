@@ -1,0 +1,543 @@
+"""The one training loop, shared by every trainable stage.
+
+A stage hands over a model and an objective (``objective(model, batch, ctx) ->
+LossOutput``, see :mod:`diladiff_cli.objective`). The loop owns AdamW, warm-up,
+clipping, gradient accumulation, EMA, autocast, ``torch.compile``, DDP, logging,
+checkpoints, exact resume and the NaN guard.
+
+Determinism: the examples of step ``s`` and the noise drawn for them are pure
+functions of (seed, s), independent of the number of processes and of
+accumulation; dropout draws from the torch RNG, whose state is saved with every
+checkpoint. A run killed at any point and resumed therefore ends with the same
+weights as an uninterrupted one (on the same device type and process count).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import hashlib
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from diladiff_cli.checkpoint import (
+    CheckpointMeta,
+    TrainState,
+    load_into,
+    load_train_state,
+    read_meta,
+    save_train_state,
+    save_weights,
+)
+from diladiff_cli.distributed import Runtime, all_reduce_mean
+from diladiff_cli.errors import CheckpointError, DiladiffError, TrainingDiverged
+from diladiff_cli.objective import Batch, Objective, StepContext
+
+Precision = Literal["fp32", "bf16", "fp16"]
+
+# Train-config keys that may change between a run and its resumption.
+_RESUMABLE_KEYS = ("steps", "log_every", "eval_every", "eval_batches", "ckpt_every", "compile")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation settings of one stage."""
+
+    steps: int = 1000  # optimizer steps
+    batch_size: int = 32  # global batch (sequences per optimizer step, all processes)
+    micro_batch_size: int = (
+        0  # per-process micro-batch; 0 = batch_size / world_size (no accumulation)
+    )
+    lr: float = 3e-4
+    weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.999)
+    warmup_steps: int = 0  # linear warm-up, then the schedule
+    schedule: Literal["constant", "cosine"] = "constant"
+    min_lr_ratio: float = 0.1  # cosine floor as a share of lr
+    grad_clip: float = 1.0  # max global grad norm; 0 disables
+    ema: float = 0.0  # EMA decay of the weights; 0 disables (the checkpoint then holds raw weights)
+    log_every: int = 10
+    eval_every: int = 0  # 0: evaluate at the end only
+    eval_batches: int = 4  # global batches of the validation split per evaluation
+    ckpt_every: int = 100  # resume-state interval in steps
+    seed: int = 0
+    compile: bool = False  # torch.compile the model (CUDA; falls back to eager on failure)
+
+    def __post_init__(self) -> None:
+        if self.steps < 0 or self.batch_size < 1 or self.micro_batch_size < 0:
+            raise ValueError("steps must be >= 0, batch_size >= 1, micro_batch_size >= 0")
+        if not 0.0 <= self.ema < 1.0:
+            raise ValueError("ema must be in [0, 1)")
+
+    def lr_at(self, step: int) -> float:
+        """Learning rate for optimizer step ``step`` (0-based)."""
+        if self.warmup_steps and step < self.warmup_steps:
+            return self.lr * (step + 1) / self.warmup_steps
+        if self.schedule == "constant":
+            return self.lr
+        span = max(1, self.steps - self.warmup_steps)
+        progress = min(1.0, (step - self.warmup_steps) / span)
+        floor = self.min_lr_ratio
+        return self.lr * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def seed_everything(seed: int) -> None:
+    """Seed the global torch RNG; stages call it before building their model so that
+    the initial weights are a function of the seed."""
+    torch.manual_seed(seed)
+
+
+class ExampleSource(Protocol):
+    """A split the loop can draw from: a length and a batch builder."""
+
+    def __len__(self) -> int: ...
+
+    def batch(self, indices: np.ndarray) -> Batch: ...
+
+
+class Reporter(Protocol):
+    """Progress and log sink (the CLI passes a rich one; the core never imports rich)."""
+
+    def start(self, *, total: int, done: int, description: str) -> None: ...
+
+    def update(self, *, step: int, metrics: dict[str, float]) -> None: ...
+
+    def log(self, message: str) -> None: ...
+
+    def stop(self) -> None: ...
+
+
+class NullReporter:
+    def start(self, *, total: int, done: int, description: str) -> None:
+        pass
+
+    def update(self, *, step: int, metrics: dict[str, float]) -> None:
+        pass
+
+    def log(self, message: str) -> None:
+        pass
+
+    def stop(self) -> None:
+        pass
+
+
+@dataclass
+class TrainResult:
+    """Summary of a training run.
+
+    Attributes:
+        step: optimizer steps completed.
+        resumed_from: the step the run resumed from (0 for a fresh run).
+        skipped: True when the checkpoint was already complete and nothing ran.
+        train_metrics: last logged training metrics.
+        valid_metrics: final validation metrics (empty without a validation split).
+        seconds: wall time of the steps run in this invocation.
+        examples_per_second: throughput of this invocation.
+    """
+
+    step: int
+    resumed_from: int
+    skipped: bool
+    train_metrics: dict[str, float] = field(default_factory=dict)
+    valid_metrics: dict[str, float] = field(default_factory=dict)
+    seconds: float = 0.0
+    examples_per_second: float = 0.0
+
+
+def config_fingerprint(config: dict[str, Any]) -> str:
+    """Hash of a stage config, ignoring the train keys a resumed run may change."""
+    cfg = json.loads(json.dumps(config))
+    if isinstance(cfg.get("train"), dict):
+        for key in _RESUMABLE_KEYS:
+            cfg["train"].pop(key, None)
+    return hashlib.sha256(json.dumps(cfg, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def metrics_path(weights_path: Path) -> Path:
+    """The JSONL log beside a checkpoint (``mdlm.pt`` -> ``mdlm.metrics.jsonl``)."""
+    return weights_path.with_name(weights_path.stem + ".metrics.jsonl")
+
+
+def autocast(device: torch.device, precision: Precision) -> contextlib.AbstractContextManager:
+    """Autocast for bf16/fp16; a no-op for fp32."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+class _Order:
+    """Which examples form global batch ``step``: an epoch-wise permutation seeded by
+    (seed, epoch), walked in order. Independent of world size and accumulation."""
+
+    def __init__(self, n: int, batch: int, seed: int) -> None:
+        if n == 0:
+            raise DiladiffError("the training split is empty")
+        self.n, self.batch, self.seed = n, batch, seed
+        self._perm: tuple[int, np.ndarray] | None = None
+
+    def _permutation(self, epoch: int) -> np.ndarray:
+        if self._perm is None or self._perm[0] != epoch:
+            rng = np.random.default_rng([self.seed, epoch])
+            self._perm = (epoch, rng.permutation(self.n))
+        return self._perm[1]
+
+    def indices(self, step: int) -> np.ndarray:
+        pos = step * self.batch + np.arange(self.batch)
+        out = np.empty(self.batch, dtype=np.int64)
+        for epoch in np.unique(pos // self.n):
+            sel = pos // self.n == epoch
+            out[sel] = self._permutation(int(epoch))[pos[sel] % self.n]
+        return out
+
+
+def _rng_state(device: torch.device) -> dict[str, torch.Tensor]:
+    state = {"cpu": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def _set_rng_state(state: dict[str, torch.Tensor], device: torch.device) -> None:
+    torch.set_rng_state(state["cpu"])
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+def _mean_metrics(items: list[dict[str, float]], device: torch.device) -> dict[str, float]:
+    """Average metric dicts over micro-steps, then over processes."""
+    keys = sorted({k for m in items for k in m})
+    if not keys:
+        return {}
+    local = torch.tensor(
+        [sum(m.get(k, 0.0) for m in items) / len(items) for k in keys],
+        dtype=torch.float64,
+        device=device,
+    )
+    return dict(zip(keys, all_reduce_mean(local).tolist(), strict=True))
+
+
+def evaluate(
+    *,
+    model: nn.Module,
+    objective: Objective,
+    data: ExampleSource,
+    batch_size: int,
+    batches: int,
+    seed: int,
+    runtime: Runtime,
+    precision: Precision,
+) -> dict[str, float]:
+    """Mean objective metrics over the first ``batches`` global batches of ``data``
+    (in order, fixed noise), split across processes."""
+    was_training = model.training
+    model.eval()
+    n = min(batches * batch_size, len(data)) // batch_size * batch_size
+    if n == 0:
+        n = min(batch_size, len(data))
+        batch_size = n
+    per_rank = np.array_split(np.arange(n), runtime.world_size)[runtime.rank]
+    results = []
+    with torch.no_grad():
+        for start in range(0, len(per_rank), batch_size):
+            idx = per_rank[start : start + batch_size]
+            global_pos = torch.as_tensor(idx % batch_size)
+            ctx = StepContext(
+                seed=seed + 7919,
+                step=int(idx[0]) // batch_size,
+                index=global_pos,
+                global_batch=batch_size,
+                device=runtime.device,
+            )
+            with autocast(runtime.device, precision):
+                out = objective(model, data.batch(idx).to(runtime.device), ctx)
+            results.append({"loss": float(out.loss), **out.metrics})
+    model.train(was_training)
+    return _mean_metrics(results or [{}], runtime.device)
+
+
+def train(
+    *,
+    model: nn.Module,
+    objective: Objective,
+    train_data: ExampleSource,
+    valid_data: ExampleSource | None,
+    cfg: TrainConfig,
+    out: str | Path,
+    meta: CheckpointMeta,
+    runtime: Runtime,
+    precision: Precision = "fp32",
+    resume: bool = True,
+    reporter: Reporter | None = None,
+    find_unused_parameters: bool = False,
+    on_checkpoint: Callable[[int], None] | None = None,
+) -> TrainResult:
+    """Train ``model`` with ``objective`` and write ``out`` (weights) and its resume state.
+
+    Args:
+        model: built in fp32 on CPU or already on ``runtime.device``; parameters with
+            ``requires_grad=False`` stay frozen.
+        objective: the stage's loss.
+        train_data: the training split.
+        valid_data: evaluated at ``eval_every`` and at the end (optional).
+        cfg: optimisation settings.
+        out: the weights file to write (any suffix).
+        meta: stage name, stage config and extra data stored in the checkpoint; its
+            ``step`` is ignored.
+        runtime: process topology and device.
+        precision: autocast precision.
+        resume: continue from ``out``'s resume state when one exists (same config).
+        reporter: progress sink.
+        find_unused_parameters: passed to DDP for stages that skip modules on some steps.
+        on_checkpoint: called with the step after each checkpoint (tests use it).
+
+    Returns:
+        A :class:`TrainResult`.
+
+    Raises:
+        TrainingDiverged: the loss became NaN/inf; the last good checkpoint is kept.
+        CheckpointError: ``out`` holds a run of another config.
+    """
+    out = Path(out)
+    reporter = reporter or NullReporter()
+    fingerprint = config_fingerprint(meta.config)
+    world = runtime.world_size
+    micro = cfg.micro_batch_size or cfg.batch_size // world
+    if micro < 1 or cfg.batch_size % (micro * world):
+        raise DiladiffError(
+            f"batch_size {cfg.batch_size} is not a multiple of micro_batch_size {micro} "
+            f"x {world} processes"
+        )
+    accum = cfg.batch_size // (micro * world)
+
+    model.to(runtime.device)
+    base = model
+    params = [p for p in base.parameters() if p.requires_grad]
+    if not params:
+        raise DiladiffError("the model has no trainable parameters")
+    fused = runtime.device.type == "cuda"
+    optimizer = torch.optim.AdamW(
+        params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay, fused=fused or None
+    )
+    ema_model = copy.deepcopy(base).eval().requires_grad_(False) if cfg.ema > 0 else None
+
+    if resume and _is_complete(out, meta.stage, fingerprint, cfg.steps):
+        reporter.log(f"{out} is complete ({cfg.steps} steps): nothing to do")
+        return TrainResult(step=cfg.steps, resumed_from=cfg.steps, skipped=True)
+    start = 0
+    state = load_train_state(out) if resume else None
+    if state is not None:
+        if state.info.get("fingerprint") != fingerprint:
+            raise CheckpointError(
+                f"{out} holds a run with another config; pass --no-resume to overwrite it "
+                f"or choose another output"
+            )
+        load_into(base, state.model, source=f"resume state of {out}")
+        if ema_model is not None and state.ema:
+            load_into(ema_model, state.ema, source=f"resume state of {out}")
+        optimizer.load_state_dict(state.optimizer)
+        _set_rng_state(state.rng, runtime.device)
+        start = min(state.step, cfg.steps)
+    else:
+        torch.manual_seed(cfg.seed + runtime.rank)
+
+    net: nn.Module = base
+    if cfg.compile:
+        try:
+            net = torch.compile(base)
+        except Exception as err:  # compile is an optimisation: never fatal
+            reporter.log(f"torch.compile unavailable ({err}); running eager")
+    if runtime.distributed:
+        net = DistributedDataParallel(
+            net,
+            device_ids=[runtime.device.index] if runtime.device.type == "cuda" else None,
+            find_unused_parameters=find_unused_parameters,
+        )
+    scaler = torch.amp.GradScaler(enabled=precision == "fp16" and runtime.device.type == "cuda")
+
+    log_file = metrics_path(out)
+    if runtime.is_main:
+        _truncate_log(log_file, start)
+
+    def checkpoint(step: int) -> None:
+        if runtime.is_main:
+            weights = (ema_model or base).state_dict()
+            save_weights(
+                out,
+                weights,
+                CheckpointMeta(stage=meta.stage, step=step, config=meta.config, extra=meta.extra),
+            )
+            save_train_state(
+                out,
+                TrainState(
+                    step=step,
+                    model=base.state_dict(),
+                    ema=ema_model.state_dict() if ema_model is not None else {},
+                    optimizer=optimizer.state_dict(),
+                    rng=_rng_state(runtime.device),
+                    info={"fingerprint": fingerprint, "world_size": world},
+                ),
+            )
+        if on_checkpoint is not None:
+            on_checkpoint(step)
+
+    order = _Order(len(train_data), cfg.batch_size, cfg.seed)
+    net.train()
+    reporter.start(total=cfg.steps, done=start, description=f"train {meta.stage}")
+    t0 = time.perf_counter()
+    last: dict[str, float] = {}
+    valid: dict[str, float] = {}
+    try:
+        for step in range(start, cfg.steps):
+            lr = cfg.lr_at(step)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            idx = order.indices(step)
+            pos = np.arange(cfg.batch_size)
+            micro_metrics = []
+            for a in range(accum):
+                lo = (runtime.rank * accum + a) * micro
+                sel = pos[lo : lo + micro]
+                ctx = StepContext(
+                    seed=cfg.seed,
+                    step=step,
+                    index=torch.as_tensor(sel),
+                    global_batch=cfg.batch_size,
+                    device=runtime.device,
+                )
+                batch = train_data.batch(idx[sel]).to(runtime.device)
+                sync = a == accum - 1 or not runtime.distributed
+                with contextlib.nullcontext() if sync else net.no_sync():
+                    with autocast(runtime.device, precision):
+                        result = objective(net, batch, ctx)
+                    scaler.scale(result.loss / accum).backward()
+                micro_metrics.append({"loss": result.loss.detach(), **result.metrics})
+            scaler.unscale_(optimizer)
+            grad_norm = (
+                torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+                if cfg.grad_clip > 0
+                else torch.zeros((), device=runtime.device)
+            )
+            scaler.step(optimizer)
+            scaler.update()
+            optimizer.zero_grad(set_to_none=True)
+            if ema_model is not None:
+                with torch.no_grad():
+                    for e, p in zip(ema_model.parameters(), base.parameters(), strict=True):
+                        e.lerp_(p.detach(), 1.0 - cfg.ema)
+                    for e, b in zip(ema_model.buffers(), base.buffers(), strict=True):
+                        e.copy_(b)
+            done = step + 1
+            is_log = done % cfg.log_every == 0 or done == cfg.steps
+            is_ckpt = done % cfg.ckpt_every == 0 or done == cfg.steps
+            if is_log or is_ckpt:
+                metrics = _mean_metrics(
+                    [{k: float(v) for k, v in m.items()} for m in micro_metrics], runtime.device
+                )
+                metrics["lr"] = lr
+                metrics["grad_norm"] = float(all_reduce_mean(grad_norm.detach().double()))
+                if not math.isfinite(metrics["loss"]) or not math.isfinite(metrics["grad_norm"]):
+                    raise TrainingDiverged(
+                        f"loss became {metrics['loss']} at step {done}; stopped, the last good "
+                        f"checkpoint {out} is kept"
+                    )
+                last = metrics
+                if is_log and runtime.is_main:
+                    _append_log(log_file, {"step": done, "split": "train", **metrics})
+                reporter.update(step=done, metrics=metrics)
+            if valid_data is not None and cfg.eval_every and done % cfg.eval_every == 0:
+                valid = _validate(ema_model or base, objective, valid_data, cfg, runtime, precision)
+                if runtime.is_main:
+                    _append_log(log_file, {"step": done, "split": "valid", **valid})
+                reporter.log(f"step {done} valid " + _fmt(valid))
+            if is_ckpt:
+                checkpoint(done)
+    finally:
+        reporter.stop()
+    seconds = time.perf_counter() - t0
+    if valid_data is not None and (not cfg.eval_every or cfg.steps % cfg.eval_every):
+        valid = _validate(ema_model or base, objective, valid_data, cfg, runtime, precision)
+        if runtime.is_main:
+            _append_log(log_file, {"step": cfg.steps, "split": "valid", **valid})
+    if start == cfg.steps:
+        checkpoint(cfg.steps)  # the state was complete but the weights file was not
+    ran = cfg.steps - start
+    return TrainResult(
+        step=cfg.steps,
+        resumed_from=start,
+        skipped=False,
+        train_metrics=last,
+        valid_metrics=valid,
+        seconds=seconds,
+        examples_per_second=ran * cfg.batch_size / seconds if ran and seconds > 0 else 0.0,
+    )
+
+
+def _is_complete(out: Path, stage: str, fingerprint: str, steps: int) -> bool:
+    """Whether ``out`` already holds this run's final weights (make-style skip)."""
+    if not out.exists():
+        return False
+    try:
+        done = read_meta(out)
+    except CheckpointError:
+        return False
+    return (
+        done.stage == stage
+        and config_fingerprint(done.config) == fingerprint
+        and done.step >= steps
+    )
+
+
+def _validate(
+    model: nn.Module,
+    objective: Objective,
+    data: ExampleSource,
+    cfg: TrainConfig,
+    runtime: Runtime,
+    precision: Precision,
+) -> dict[str, float]:
+    return evaluate(
+        model=model,
+        objective=objective,
+        data=data,
+        batch_size=cfg.batch_size,
+        batches=cfg.eval_batches,
+        seed=cfg.seed,
+        runtime=runtime,
+        precision=precision,
+    )
+
+
+def _fmt(metrics: dict[str, float]) -> str:
+    return " ".join(f"{k}={v:.4g}" for k, v in metrics.items())
+
+
+def _append_log(path: Path, record: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as fh:
+        fh.write(json.dumps(record) + "\n")
+
+
+def _truncate_log(path: Path, step: int) -> None:
+    """Drop log records past ``step`` (written after the checkpoint a resume starts from)."""
+    if not path.exists():
+        return
+    if step == 0:
+        path.unlink()
+        return
+    keep = [
+        line
+        for line in path.read_text().splitlines()
+        if line.strip() and json.loads(line).get("step", 0) <= step
+    ]
+    path.write_text("".join(line + "\n" for line in keep))
