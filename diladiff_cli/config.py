@@ -1,0 +1,136 @@
+"""Strict YAML recipes -> frozen dataclasses.
+
+A recipe is one YAML file; each top-level section configures one stage. The
+loader is strict: an unknown key, a wrong type or a missing required field is a
+:class:`RecipeError` naming the key and the file. ``--set a.b=c`` overrides are
+applied to the raw mapping before validation, so they obey the same rules.
+
+Only this module (and the CLI) read YAML; the core library takes the dataclasses.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import yaml
+
+from diladiff_cli.data import CorpusConfig, DataConfig, TokenizerConfig
+from diladiff_cli.errors import RecipeError
+from diladiff_cli.models.dit import DiTConfig
+from diladiff_cli.structs import build_dataclass, to_dict
+from diladiff_cli.train import TrainConfig
+
+__all__ = [
+    "CorpusConfig",
+    "DataConfig",
+    "DiTConfig",
+    "MDLMStageConfig",
+    "Recipe",
+    "SampleConfig",
+    "TokenizerConfig",
+    "TrainConfig",
+    "default_recipe_path",
+    "load_recipe",
+    "to_dict",
+]
+
+
+@dataclass(frozen=True)
+class MDLMStageConfig:
+    """Train or fine-tune the base masked diffusion LM (`train-mdlm`)."""
+
+    model: DiTConfig
+    train: TrainConfig
+    out: str = "runs/tiny/mdlm.pt"  # the checkpoint this stage writes
+    init_from: str | None = None  # warm start: a project checkpoint, or an MDLM hub id / dir
+    noise_eps: float = 1e-3  # log-linear schedule epsilon (MDLM)
+
+
+@dataclass(frozen=True)
+class SampleConfig:
+    """Defaults of `sample` (each can be overridden on the command line)."""
+
+    checkpoint: str = "runs/tiny/mdlm.pt"  # the decoder to sample from
+    num_samples: int = 16
+    batch_size: int = 16
+    ndisc: int = 128  # discrete (masked diffusion) steps
+    selection: Literal["random", "confidence"] = "random"
+    temperature: float = 1.0
+    top_p: float = 1.0
+    out: str = "runs/tiny/samples/mdlm.jsonl"
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """A whole experiment: the data plus one section per stage."""
+
+    name: str
+    data: DataConfig
+    mdlm: MDLMStageConfig
+    sample: SampleConfig = field(default_factory=SampleConfig)
+    description: str = ""
+
+
+def default_recipe_path() -> Path:
+    """The embedded default: ``recipes/tiny/default.yaml`` beside the package."""
+    return Path(__file__).resolve().parent.parent / "recipes" / "tiny" / "default.yaml"
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+def _apply_override(raw: dict, assignment: str, file: str) -> None:
+    if "=" not in assignment:
+        raise RecipeError(f"--set {assignment!r}: expected KEY=VALUE (e.g. mdlm.model.depth=4)")
+    key, text = assignment.split("=", 1)
+    try:
+        value = yaml.safe_load(text) if text != "" else ""
+    except yaml.YAMLError:
+        value = text
+    parts = key.strip().split(".")
+    node = raw
+    for i, part in enumerate(parts[:-1]):
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            raise RecipeError(f"--set {key}: '{'.'.join(parts[: i + 1])}' is not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def load_recipe(path: str | Path | None = None, overrides: list[str] | None = None) -> Recipe:
+    """Read, override and validate a recipe.
+
+    Args:
+        path: the YAML file; ``None`` means the embedded default.
+        overrides: ``KEY=VALUE`` strings with dotted keys.
+
+    Returns:
+        The frozen :class:`Recipe`.
+
+    Raises:
+        RecipeError: on any malformed input, with the key and the file named.
+    """
+    path = Path(path) if path is not None else default_recipe_path()
+    file = str(path)
+    if not path.is_file():
+        raise RecipeError(f"recipe file not found: {file}")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(err, "problem", None) or "invalid YAML"
+        raise RecipeError(f"{file}: malformed YAML{where}: {problem}") from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise RecipeError(
+            f"{file}: a recipe must be a mapping of sections, got {type(raw).__name__}"
+        )
+    for assignment in overrides or []:
+        _apply_override(raw, assignment, file)
+    return build_dataclass(Recipe, raw, "", file)

@@ -1,0 +1,223 @@
+"""Generation with timing: draw samples, decode them, write JSONL plus a timing record.
+
+Output of one call, both written atomically:
+
+* ``<out>`` (JSONL): one sample a line, ``{"index", "seed", "text", "tokens"}``;
+  ``tokens`` are the raw ids of the whole block (BOS/EOS included), ``text`` is
+  their decoding with special tokens removed.
+* ``<out stem>.meta.json``: the settings, the checkpoint, the device and the timing
+  record (seconds and forward passes per stage).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+
+from diladiff_cli.checkpoint import atomic_write_text
+from diladiff_cli.diffusion.masked import sample_masked
+from diladiff_cli.distributed import Runtime
+from diladiff_cli.errors import DiladiffError
+from diladiff_cli.hub import load_tokenizer
+from diladiff_cli.mdlm import load_mdlm
+from diladiff_cli.train import Precision, Reporter, autocast
+
+Selection = Literal["random", "confidence"]
+
+
+@dataclass(frozen=True)
+class SampleSettings:
+    """How to sample (recorded with the samples)."""
+
+    num_samples: int
+    batch_size: int
+    ndisc: int
+    selection: Selection = "random"
+    temperature: float = 1.0
+    top_p: float = 1.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.num_samples < 1 or self.batch_size < 1:
+            raise DiladiffError("--num-samples and --batch-size must be at least 1")
+        if self.ndisc < 1:
+            raise DiladiffError(f"--ndisc must be at least 1, got {self.ndisc}")
+        if self.temperature <= 0:
+            raise DiladiffError(f"--temperature must be positive, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise DiladiffError(f"--top-p must be in (0, 1], got {self.top_p}")
+
+
+@dataclass
+class Timing:
+    """Where the sampling time went.
+
+    Attributes:
+        seconds_total: wall time of all batches (model loading excluded).
+        seconds_latent: time drawing latents (0 for the plain MDLM).
+        seconds_discrete: time in the masked-diffusion decoder.
+        forward_passes_discrete: decoder forward passes per batch, averaged.
+        forward_passes_latent: latent-network evaluations per batch.
+        tokens_per_forward: sequence length / decoder forward passes.
+        seconds_per_sample: seconds_total / number of samples.
+        latent_share: seconds_latent / seconds_total.
+        device: where it ran.
+    """
+
+    seconds_total: float
+    seconds_latent: float
+    seconds_discrete: float
+    forward_passes_discrete: float
+    forward_passes_latent: float
+    tokens_per_forward: float
+    seconds_per_sample: float
+    latent_share: float
+    device: str
+
+
+@dataclass
+class SampleResult:
+    """Samples and their record.
+
+    Attributes:
+        texts: decoded texts, one per sample.
+        tokens: ``(N, L)`` token ids.
+        timing: the timing record.
+        settings: the settings used.
+        info: checkpoint path, model kind, sequence length, tokenizer.
+    """
+
+    texts: list[str]
+    tokens: torch.Tensor
+    timing: Timing
+    settings: SampleSettings
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def sample_mdlm(
+    *,
+    checkpoint: str | Path,
+    settings: SampleSettings,
+    runtime: Runtime,
+    precision: Precision = "fp32",
+    reporter: Reporter | None = None,
+) -> SampleResult:
+    """Sample from a ``train-mdlm`` checkpoint with the masked diffusion sampler."""
+    loaded = load_mdlm(checkpoint, device=runtime.device)
+    extra = loaded.extra
+    tokenizer = load_tokenizer(extra["tokenizer"])
+    seq_len = int(extra["seq_len"])
+    model = loaded.model
+
+    def model_fn(tokens: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        with autocast(runtime.device, precision):
+            return model(tokens, sigma)
+
+    all_tokens, passes = [], []
+    n_batches = -(-settings.num_samples // settings.batch_size)
+    if reporter is not None:
+        reporter.start(total=n_batches, done=0, description="sample mdlm")
+    _sync(runtime.device)
+    t0 = time.perf_counter()
+    try:
+        with torch.no_grad():
+            for b in range(n_batches):
+                size = min(settings.batch_size, settings.num_samples - b * settings.batch_size)
+                gen = torch.Generator(device=runtime.device).manual_seed(settings.seed * 100003 + b)
+                out = sample_masked(
+                    model_fn,
+                    batch_size=size,
+                    seq_len=seq_len,
+                    mask_id=int(extra["mask_id"]),
+                    steps=settings.ndisc,
+                    schedule=loaded.schedule,
+                    selection=settings.selection,
+                    temperature=settings.temperature,
+                    top_p=settings.top_p,
+                    cache=not loaded.config.time_conditioning,
+                    generator=gen,
+                    device=runtime.device,
+                    time_conditioned=loaded.config.time_conditioning,
+                )
+                all_tokens.append(out.tokens.cpu())
+                passes.append(out.forward_passes)
+                if reporter is not None:
+                    reporter.update(step=b + 1, metrics={"forward_passes": out.forward_passes})
+    finally:
+        if reporter is not None:
+            reporter.stop()
+    _sync(runtime.device)
+    seconds = time.perf_counter() - t0
+    tokens = torch.cat(all_tokens)
+    texts = tokenizer.batch_decode(tokens.tolist(), skip_special_tokens=True)
+    mean_passes = sum(passes) / len(passes)
+    timing = Timing(
+        seconds_total=seconds,
+        seconds_latent=0.0,
+        seconds_discrete=seconds,
+        forward_passes_discrete=mean_passes,
+        forward_passes_latent=0.0,
+        tokens_per_forward=seq_len / mean_passes,
+        seconds_per_sample=seconds / settings.num_samples,
+        latent_share=0.0,
+        device=_device_name(runtime.device),
+    )
+    info = {
+        "model": "mdlm",
+        "checkpoint": str(Path(checkpoint).resolve()),
+        "checkpoint_step": loaded.step,
+        "seq_len": seq_len,
+        "tokenizer": extra["tokenizer"],
+        "vocab_size": extra["vocab_size"],
+        "precision": precision,
+    }
+    return SampleResult(texts=texts, tokens=tokens, timing=timing, settings=settings, info=info)
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"cpu ({torch.get_num_threads()} threads)"
+
+
+def meta_path(out: str | Path) -> Path:
+    """The record beside a sample file (``mdlm.jsonl`` -> ``mdlm.meta.json``)."""
+    out = Path(out)
+    return out.with_name(out.stem + ".meta.json")
+
+
+def write_samples(result: SampleResult, out: str | Path) -> Path:
+    """Write the JSONL samples and their meta record atomically; return the meta path."""
+    out = Path(out)
+    lines = [
+        json.dumps(
+            {
+                "index": i,
+                "seed": result.settings.seed,
+                "text": text,
+                "tokens": result.tokens[i].tolist(),
+            }
+        )
+        for i, text in enumerate(result.texts)
+    ]
+    record = {
+        "samples": str(out),
+        "num_samples": len(result.texts),
+        "settings": asdict(result.settings),
+        "timing": asdict(result.timing),
+        **result.info,
+    }
+    meta = meta_path(out)
+    atomic_write_text(out, "".join(line + "\n" for line in lines))
+    atomic_write_text(meta, json.dumps(record, indent=2) + "\n")
+    return meta
