@@ -179,6 +179,10 @@ def prepare(
         return _dry_run(cfg.data)
     from diladiff_cli.data import prepare as run_prepare
 
+    if not sys.stderr.isatty():
+        import datasets
+
+        datasets.disable_progress_bars()
     reporter = RichReporter(enabled=True)
     info = run_prepare(cfg.data, progress=reporter.log)
     _print_json(to_dict(info))
@@ -309,8 +313,6 @@ def sample(
 
 def main() -> None:
     """Console entry point (also ``python -m diladiff_cli``)."""
-    # Fail fast on the hub when the user has not said otherwise and there is no network:
-    # the hub helpers probe connectivity before any 48 s retry loop.
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     app(prog_name="diladiff")
     sys.exit(0)

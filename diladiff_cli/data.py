@@ -642,7 +642,8 @@ def prepare(cfg: DataConfig, *, progress: Progress | None = None) -> DataInfo:
             say(f"reusing prepared data in {out} (fingerprint {fingerprint})")
             return dataclasses.replace(info, reused=True)
 
-    created_out = not out.exists()
+    # the top-most directory this call creates: a failed first run removes it again
+    created = next((p for p in reversed((out, *out.parents)) if not p.exists()), None)
     out.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=out))
     try:
@@ -709,8 +710,11 @@ def prepare(cfg: DataConfig, *, progress: Progress | None = None) -> DataInfo:
         return info
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-        if created_out and not any(out.iterdir()):  # a failed first run leaves nothing
-            out.rmdir()
+        if created is not None and not any(out.iterdir()):  # a failed first run leaves nothing
+            for d in (out, *out.parents):
+                d.rmdir()
+                if d == created:
+                    break
 
 
 # ----------------------------------------------------------------------------- reading
