@@ -33,11 +33,13 @@ class LossOutput:
         loss: scalar tensor to back-propagate, the mean over the micro-batch
             (micro-batches are equal-sized, so the mean of their means is the
             global mean and DDP's gradient averaging is exact).
-        metrics: floats to log (averaged over micro-steps and processes).
+        metrics: scalars to log (averaged over micro-steps and processes); 0-d
+            tensors are welcome: the loop reads them only at log steps, so a GPU
+            step makes no host sync for them.
     """
 
     loss: torch.Tensor
-    metrics: dict[str, float] = field(default_factory=dict)
+    metrics: dict[str, float | torch.Tensor] = field(default_factory=dict)
 
 
 def _stream_seed(*parts: int) -> int:

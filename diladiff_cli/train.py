@@ -214,13 +214,15 @@ def _set_rng_state(state: dict[str, torch.Tensor], device: torch.device) -> None
         torch.cuda.set_rng_state(state["cuda"], device)
 
 
-def _mean_metrics(items: list[dict[str, float]], device: torch.device) -> dict[str, float]:
+def _mean_metrics(
+    items: list[dict[str, float | torch.Tensor]], device: torch.device
+) -> dict[str, float]:
     """Average metric dicts over micro-steps, then over processes."""
     keys = sorted({k for m in items for k in m})
     if not keys:
         return {}
     local = torch.tensor(
-        [sum(m.get(k, 0.0) for m in items) / len(items) for k in keys],
+        [sum(float(m.get(k, 0.0)) for m in items) / len(items) for k in keys],
         dtype=torch.float64,
         device=device,
     )
@@ -261,7 +263,7 @@ def evaluate(
             )
             with autocast(runtime.device, precision):
                 out = objective(model, data.batch(idx).to(runtime.device), ctx)
-            results.append({"loss": float(out.loss), **out.metrics})
+            results.append({"loss": out.loss, **out.metrics})
     model.train(was_training)
     return _mean_metrics(results or [{}], runtime.device)
 
@@ -441,9 +443,7 @@ def train(
             is_log = done % cfg.log_every == 0 or done == cfg.steps
             is_ckpt = done % cfg.ckpt_every == 0 or done == cfg.steps
             if is_log or is_ckpt:
-                metrics = _mean_metrics(
-                    [{k: float(v) for k, v in m.items()} for m in micro_metrics], runtime.device
-                )
+                metrics = _mean_metrics(micro_metrics, runtime.device)
                 metrics["lr"] = lr
                 metrics["grad_norm"] = float(all_reduce_mean(grad_norm.detach().double()))
                 if not math.isfinite(metrics["loss"]) or not math.isfinite(metrics["grad_norm"]):

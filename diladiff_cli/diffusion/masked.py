@@ -172,8 +172,9 @@ class MaskedDiffusionLoss:
         weight = repeat(self.schedule.loss_weight(t), "b -> b l", l=x0.shape[1])[mask]  # (N,)
         loss = (nll * weight).sum() / n_tokens
 
-        nelbo, masked_frac = torch.stack([loss.detach(), mask.float().mean()]).tolist()
-        return LossOutput(loss=loss, metrics={"nelbo": nelbo, "masked_frac": masked_frac})
+        # 0-d tensors, not floats: the loop converts them at log steps only (no host sync)
+        metrics = {"nelbo": loss.detach(), "masked_frac": mask.float().mean()}
+        return LossOutput(loss=loss, metrics=metrics)
 
 
 @dataclass
