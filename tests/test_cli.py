@@ -19,13 +19,17 @@ def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
     return subprocess.run(
         [sys.executable, "-m", "diladiff_cli", *args],
-        cwd=cwd, capture_output=True, text=True, env=env, timeout=300,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
     )
 
 
 def ok_json(proc: subprocess.CompletedProcess) -> dict:
     assert proc.returncode == 0, proc.stderr[-3000:]
-    return json.loads(proc.stdout[proc.stdout.index("{"):])
+    return json.loads(proc.stdout[proc.stdout.index("{") :])
 
 
 def one_line_error(proc: subprocess.CompletedProcess, needle: str, code: int | None = None) -> None:
@@ -73,13 +77,17 @@ def test_train_mdlm_skips_when_complete_and_resumes_longer(pipeline):
 @pytest.mark.parametrize("selection", ["random", "confidence"])
 def test_sample_writes_jsonl_and_timing(pipeline, selection):
     out = pipeline / f"s_{selection}.jsonl"
-    rec = ok_json(cli("sample", str(RECIPE), "--selection", selection, "--out", str(out), cwd=pipeline))
+    rec = ok_json(
+        cli("sample", str(RECIPE), "--selection", selection, "--out", str(out), cwd=pipeline)
+    )
     rows = [json.loads(x) for x in out.read_text().splitlines()]
     assert len(rows) == 4 and all(len(r["tokens"]) == 32 for r in rows)
     meta = json.loads((pipeline / f"s_{selection}.meta.json").read_text())
     assert meta["settings"]["selection"] == selection and meta["settings"]["ndisc"] == 8
     assert 0 < meta["timing"]["forward_passes_discrete"] <= 8 + 1
-    assert rec["timing"]["tokens_per_forward"] == pytest.approx(32 / meta["timing"]["forward_passes_discrete"])
+    assert rec["timing"]["tokens_per_forward"] == pytest.approx(
+        32 / meta["timing"]["forward_passes_discrete"]
+    )
 
 
 def test_dry_run_prints_config_and_writes_nothing(tmp_path):
@@ -123,22 +131,40 @@ def test_checkpoint_of_another_stage_and_missing(pipeline, tmp_path):
     ckpt = load_checkpoint(pipeline / "runs/micro/mdlm.pt", stage="mdlm")
     other = tmp_path / "prior.pt"
     save_weights(other, ckpt.tensors, CheckpointMeta(stage="prior", step=1, config={}))
-    one_line_error(cli("sample", str(RECIPE), "--checkpoint", str(other), cwd=pipeline),
-                   "is a 'prior' checkpoint")
-    one_line_error(cli("sample", str(RECIPE), "--checkpoint", str(tmp_path / "x.pt"), cwd=pipeline),
-                   "not found")
+    one_line_error(
+        cli("sample", str(RECIPE), "--checkpoint", str(other), cwd=pipeline),
+        "is a 'prior' checkpoint",
+    )
+    one_line_error(
+        cli("sample", str(RECIPE), "--checkpoint", str(tmp_path / "x.pt"), cwd=pipeline),
+        "not found",
+    )
     one_line_error(cli("sample", str(RECIPE), "--ndisc", "0", cwd=pipeline), "--ndisc")
 
 
 def test_wrong_vocab_and_unloadable_init(pipeline, tmp_path):
     one_line_error(
-        cli("train-mdlm", str(RECIPE), "--set", "mdlm.model.vocab_size=301",
-            "--out", str(tmp_path / "a.pt"), cwd=pipeline),
+        cli(
+            "train-mdlm",
+            str(RECIPE),
+            "--set",
+            "mdlm.model.vocab_size=301",
+            "--out",
+            str(tmp_path / "a.pt"),
+            cwd=pipeline,
+        ),
         "vocab_size 301",
     )
     one_line_error(
-        cli("train-mdlm", str(RECIPE), "--init-from", "no-such-org/no-such-mdlm",
-            "--out", str(tmp_path / "b.pt"), cwd=pipeline),
+        cli(
+            "train-mdlm",
+            str(RECIPE),
+            "--init-from",
+            "no-such-org/no-such-mdlm",
+            "--out",
+            str(tmp_path / "b.pt"),
+            cwd=pipeline,
+        ),
         "no-such-org/no-such-mdlm",
     )
     assert not (tmp_path / "a.pt").exists() and not (tmp_path / "b.pt").exists()
@@ -149,8 +175,17 @@ def test_other_config_refuses_to_resume(pipeline, tmp_path):
     ok_json(cli("train-mdlm", str(RECIPE), "--out", str(out), "--steps", "2", cwd=pipeline))
     shutil.copy(out, tmp_path / "backup.pt")
     one_line_error(
-        cli("train-mdlm", str(RECIPE), "--out", str(out), "--steps", "3",
-            "--set", "mdlm.train.lr=0.1", cwd=pipeline),
+        cli(
+            "train-mdlm",
+            str(RECIPE),
+            "--out",
+            str(out),
+            "--steps",
+            "3",
+            "--set",
+            "mdlm.train.lr=0.1",
+            cwd=pipeline,
+        ),
         "another config",
     )
     assert out.read_bytes() == (tmp_path / "backup.pt").read_bytes()
