@@ -16,9 +16,14 @@ from typing import Literal
 
 import yaml
 
+from diladiff_cli.ae import AEStageConfig, EncodeConfig
 from diladiff_cli.data import CorpusConfig, DataConfig, TokenizerConfig
 from diladiff_cli.errors import RecipeError
+from diladiff_cli.evaluate import EvalConfig
+from diladiff_cli.judge import JudgeStageConfig
 from diladiff_cli.models.dit import DiTConfig
+from diladiff_cli.pareto import ParetoConfig
+from diladiff_cli.prior import DistillStageConfig, PriorStageConfig
 from diladiff_cli.structs import build_dataclass, to_dict
 from diladiff_cli.train import TrainConfig
 
@@ -71,6 +76,13 @@ class Recipe:
     mdlm: MDLMStageConfig
     sample: SampleConfig = field(default_factory=SampleConfig)
     description: str = ""
+    ae: AEStageConfig | None = None  # `train-ae` (stage 1, the latent autoencoder)
+    encode: EncodeConfig | None = None  # `encode`; absent: checkpoint = ae.out, out beside it
+    judge: JudgeStageConfig = field(default_factory=JudgeStageConfig)  # `train-judge`
+    eval: EvalConfig = field(default_factory=EvalConfig)  # `eval` and the sweep's scoring
+    pareto: ParetoConfig = field(default_factory=ParetoConfig)  # `pareto`
+    prior: PriorStageConfig | None = None  # `train-prior` (stage 2, LaDiff)
+    distill: DistillStageConfig = field(default_factory=DistillStageConfig)  # `distill` (stage 3)
 
 
 def default_recipe_path() -> Path:

@@ -1,5 +1,13 @@
 """Generation with timing: draw samples, decode them, write JSONL plus a timing record.
 
+Three models, compared on equal footing:
+
+* ``mdlm``: the base MDLM checkpoint (``train-mdlm``), or with ``--autoencoder`` the
+  autoencoder's decoder with the null latent (the same network LaDiff decodes with);
+* ``ladiff``: z from the latent prior's probability-flow ODE (``--ncont``, ~200), then
+  the latent-conditioned decoder;
+* ``diladiff``: z from the distilled MeanFlow student (``--ncont``, ~5), then the decoder.
+
 Output of one call, both written atomically:
 
 * ``<out>`` (JSONL): one sample a line, ``{"index", "seed", "text", "tokens"}``;
@@ -174,6 +182,7 @@ def sample_mdlm(
     )
     info = {
         "model": "mdlm",
+        "ncont": 0,
         "checkpoint": str(Path(checkpoint).resolve()),
         "checkpoint_step": loaded.step,
         "seq_len": seq_len,
@@ -182,6 +191,116 @@ def sample_mdlm(
         "precision": precision,
     }
     return SampleResult(texts=texts, tokens=tokens, timing=timing, settings=settings, info=info)
+
+
+def sample_hybrid(
+    *,
+    autoencoder: str | Path,
+    latent_model: str | Path | None,
+    ncont: int | None,
+    settings: SampleSettings,
+    runtime: Runtime,
+    precision: Precision = "fp32",
+    reporter: Reporter | None = None,
+) -> SampleResult:
+    """Latent first, then tokens: draw z (prior or student), decode it with the
+    autoencoder's latent-conditioned MDLM over ``settings.ndisc`` steps.
+
+    Args:
+        autoencoder: the ``ae`` checkpoint whose decoder turns z into tokens.
+        latent_model: a ``prior`` (LaDiff) or ``distill`` (DiLaDiff) checkpoint; ``None``
+            decodes with the null latent (the MDLM baseline on the same decoder).
+        ncont: continuous steps (default: the checkpoint's).
+        settings: the discrete sampler's settings.
+        runtime: device.
+        precision: decoder autocast precision (the latent ODE always runs in float32).
+        reporter: progress sink.
+
+    Raises:
+        DiladiffError: a latent model trained on another autoencoder's latents, ncont < 1.
+    """
+    from diladiff_cli.ae import decode_latents, load_autoencoder
+    from diladiff_cli.prior import check_autoencoder, load_latent_model, sample_latents
+
+    device = runtime.device
+    loaded = load_autoencoder(autoencoder, device=device)
+    latent = None
+    if latent_model is not None:
+        latent = load_latent_model(latent_model, device=device)
+        check_autoencoder(latent, autoencoder)
+    n_batches = -(-settings.num_samples // settings.batch_size)
+    tokens, passes, latent_passes = [], [], []
+    seconds_latent = seconds_discrete = 0.0
+    name = "mdlm" if latent is None else ("ladiff" if latent.kind == "prior" else "diladiff")
+    if reporter is not None:
+        reporter.start(total=n_batches, done=0, description=f"sample {name}")
+    try:
+        for b in range(n_batches):
+            size = min(settings.batch_size, settings.num_samples - b * settings.batch_size)
+            z = None
+            if latent is not None:
+                drawn = sample_latents(
+                    latent,
+                    num_samples=size,
+                    ncont=ncont,
+                    batch_size=size,
+                    seed=settings.seed * 100003 + b,
+                    device=device,
+                )
+                z, ncont = drawn.latents, drawn.ncont
+                seconds_latent += drawn.seconds
+                latent_passes.append(drawn.forward_passes)
+            gen = torch.Generator(device=device).manual_seed(settings.seed * 100003 + b)
+            _sync(device)
+            t0 = time.perf_counter()
+            out = decode_latents(
+                loaded,
+                z,
+                num=size,
+                ndisc=settings.ndisc,
+                selection=settings.selection,
+                generator=gen,
+                temperature=settings.temperature,
+                top_p=settings.top_p,
+                precision=precision,
+            )
+            _sync(device)
+            seconds_discrete += time.perf_counter() - t0
+            tokens.append(out.tokens.cpu())
+            passes.append(out.forward_passes)
+            if reporter is not None:
+                reporter.update(step=b + 1, metrics={"forward_passes": out.forward_passes})
+    finally:
+        if reporter is not None:
+            reporter.stop()
+    all_tokens = torch.cat(tokens)
+    texts = loaded.decoder_tokenizer.batch_decode(all_tokens.tolist(), skip_special_tokens=True)
+    mean_passes = sum(passes) / len(passes)
+    total = seconds_latent + seconds_discrete
+    timing = Timing(
+        seconds_total=total,
+        seconds_latent=seconds_latent,
+        seconds_discrete=seconds_discrete,
+        forward_passes_discrete=mean_passes,
+        forward_passes_latent=sum(latent_passes) / len(latent_passes) if latent_passes else 0.0,
+        tokens_per_forward=loaded.seq_len / mean_passes,
+        seconds_per_sample=total / settings.num_samples,
+        latent_share=seconds_latent / total if total > 0 else 0.0,
+        device=_device_name(device),
+    )
+    info = {
+        "model": name,
+        "ncont": ncont if latent is not None else 0,
+        "autoencoder": str(Path(autoencoder).resolve()),
+        "latent_model": str(Path(latent_model).resolve()) if latent_model is not None else None,
+        "checkpoint": str(Path(autoencoder).resolve()),
+        "checkpoint_step": loaded.step,
+        "seq_len": loaded.seq_len,
+        "tokenizer": loaded.extra["tokenizer"],
+        "vocab_size": loaded.extra["vocab_size"],
+        "precision": precision,
+    }
+    return SampleResult(texts=texts, tokens=all_tokens, timing=timing, settings=settings, info=info)
 
 
 def _device_name(device: torch.device) -> str:

@@ -1,0 +1,286 @@
+"""Sweeps: cells, checkpoint checks, frontier interpolation, figures, and resuming an
+interrupted sweep without redoing finished cells. CPU, offline, seconds."""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from _evalkit import make_data, make_judge, make_mdlm
+
+from diladiff_cli import pareto
+from diladiff_cli.distributed import init_runtime
+from diladiff_cli.errors import DiladiffError
+from diladiff_cli.evaluate import EvalConfig, MauveConfig, ReferenceFloor, ScorerConfig
+from diladiff_cli.pareto import (
+    CSV_COLUMNS,
+    Cell,
+    GridConfig,
+    ParetoConfig,
+    expand_cells,
+    frontier,
+    headline,
+    plot_distill,
+    plot_temperature,
+    resolve_checkpoints,
+    run_sweep,
+    speedup_at_equal_quality,
+    write_plots,
+)
+
+# ----------------------------------------------------------------------------- cells
+
+
+def test_cells_are_the_union_of_grids_without_repeats():
+    cfg = ParetoConfig(
+        grids=(
+            GridConfig(models=("mdlm", "diladiff"), ndisc=(8, 16), ncont=(5, 200),
+                       selection=("random",), distill=("meanflow", "tvm")),
+            GridConfig(name="temperature", models=("mdlm",), ndisc=(8,), selection=("random",),
+                       temperature=(0.5, 1.0)),
+        )
+    )  # fmt: skip
+    cells = expand_cells(cfg)
+    mdlm = [c for c in cells if c.model == "mdlm"]
+    assert {(c.ndisc, c.temperature) for c in mdlm} == {(8, 1.0), (16, 1.0), (8, 0.5)}
+    assert len(mdlm) == 3 and all(c.ncont == 0 and c.distill == "" for c in mdlm)
+    assert len([c for c in cells if c.model == "diladiff"]) == 2 * 2 * 2
+    assert len({c.name for c in cells}) == len(cells)
+
+
+def test_missing_or_unavailable_models_fail_before_anything_runs(tmp_path):
+    ckpt = tmp_path / "ladiff.pt"
+    cells = [Cell("ladiff", 200, 8, "random", 1.0)]
+    with pytest.raises(DiladiffError, match="pareto.checkpoints.ladiff"):
+        resolve_checkpoints(cells, ParetoConfig())
+    with_path = ParetoConfig(checkpoints={"ladiff": str(ckpt)})
+    with pytest.raises(DiladiffError, match=f"needs checkpoint {ckpt}, which does not exist"):
+        resolve_checkpoints(cells, with_path)
+    ckpt.write_bytes(b"x")
+    with pytest.raises(DiladiffError, match="not available yet"):
+        resolve_checkpoints(cells, with_path)
+    distilled = [Cell("diladiff", 5, 8, "random", 1.0, "tvm")]
+    with pytest.raises(DiladiffError, match="pareto.checkpoints.diladiff/tvm"):
+        resolve_checkpoints(distilled, with_path)
+
+
+# ----------------------------------------------------------------------------- headline
+
+
+def test_frontier_drops_dominated_points():
+    pts = [(1.0, 0.1), (2.0, 0.05), (2.0, 0.3), (4.0, 0.2), (8.0, 0.5)]
+    assert frontier(pts) == [(1.0, 0.1), (2.0, 0.3), (8.0, 0.5)]
+
+
+def test_speedup_of_a_curve_shifted_in_cost_is_the_shift():
+    base = [(c, math.log(c)) for c in (1.0, 2.0, 4.0, 8.0, 16.0)]
+    fast = [(c / 4, q) for c, q in base]
+    factor, lo, hi, (qa, qb) = speedup_at_equal_quality(base, fast)
+    assert factor == pytest.approx(4.0) and lo == pytest.approx(4.0) and hi == pytest.approx(4.0)
+    assert (qa, qb) == pytest.approx((0.0, math.log(16.0)))  # the same qualities, cheaper
+    assert speedup_at_equal_quality(base, [(1.0, 10.0)]) is None  # no common quality
+
+
+def _row(model: str, ndisc: int, sps: float, mauve: float, genppl: float, **kw) -> dict:
+    row = {
+        "model": model, "ncont": 0, "ndisc": ndisc, "selection": "random", "temperature": 1.0,
+        "distill": "", "num_samples": 64, "forward_passes": float(ndisc),
+        "forward_passes_latent": 0.0, "tokens_per_forward": 128 / ndisc, "genppl": genppl,
+        "mauve": mauve, "entropy": 4.0, "seconds_per_sample": sps, "latent_share": 0.0,
+        "genppl_floor": 20.0, "judge_valid_ppl": 25.0, "reference_entropy": 4.2,
+        "device": "cpu", "cell": f"{model}-{ndisc}",
+    }  # fmt: skip
+    return {**row, **kw}
+
+
+def _synthetic_rows() -> list[dict]:
+    rows = []
+    for nd in (8, 16, 32, 64, 128):
+        q = math.log2(nd)
+        rows.append(_row("mdlm", nd, 0.01 * nd, 0.1 * q, 200 / q))
+        rows.append(_row("mdlm", nd, 0.01 * nd, 0.05 * q, 300 / q, selection="confidence"))
+        rows.append(_row("ladiff", nd, 0.0025 * nd + 0.01, 0.1 * q + 0.2, 150 / q, ncont=200,
+                         latent_share=0.4))  # fmt: skip
+        for distill, bonus in (("meanflow", 0.0), ("tvm", 0.02)):
+            for nc in (5, 20, 200):
+                rows.append(_row("diladiff", nd, 0.0025 * nd + 0.0001 * nc, 0.1 * q + 0.2 + bonus,
+                                 150 / q, ncont=nc, distill=distill))  # fmt: skip
+    for t in (0.6, 0.8):
+        rows.append(_row("mdlm", 32, 0.32, 0.3 * t, 100 * t, temperature=t, entropy=4 * t))
+    return rows
+
+
+def test_headline_on_synthetic_frontiers():
+    speedups = headline(_synthetic_rows(), baseline="mdlm")
+    by = {(s.model, s.quality, s.cost): s for s in speedups}
+    assert set(by) == {
+        (m, q, c)
+        for m in ("ladiff", "diladiff")
+        for q in ("mauve", "genppl")
+        for c in ("seconds_per_sample", "forward_passes")
+    }
+    # ladiff reaches MDLM's MAUVE with 4x fewer decoder passes (0.2 = two doublings of ndisc)
+    assert by[("ladiff", "mauve", "forward_passes")].factor == pytest.approx(4.0)
+    assert by[("diladiff", "mauve", "seconds_per_sample")].factor > 1.0
+    lo, hi = by[("ladiff", "genppl", "forward_passes")].quality_range
+    assert lo < hi  # reported in GenPPL units
+
+
+def test_plots_are_written_and_non_empty(tmp_path):
+    floor = ReferenceFloor(genppl=20.0, entropy=4.2, num_references=64, mauve_real=0.9,
+                           scorer_valid_ppl=25.0)  # fmt: skip
+    made, skipped = write_plots(_synthetic_rows(), floor=floor, temperature=1.0, out=tmp_path)
+    assert set(made) == {"pareto", "selection", "temperature", "distill"} and not skipped
+    for path in made.values():
+        data = path.read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
+    only_mdlm = [r for r in _synthetic_rows() if r["model"] == "mdlm" and r["temperature"] == 1.0]
+    assert plot_temperature(only_mdlm, floor=floor, path=tmp_path / "t.png") is None
+    assert plot_distill(only_mdlm, floor=floor, path=tmp_path / "d.png") is None
+
+
+# ----------------------------------------------------------------------------- the sweep
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory) -> dict:
+    root = tmp_path_factory.mktemp("sweep")
+    data_dir = make_data(root)
+    return {
+        "root": root,
+        "data": data_dir,
+        "judge": make_judge(data_dir, root / "judge", n_positions=32),
+        "mdlm": make_mdlm(data_dir, root / "mdlm.pt"),
+    }
+
+
+def _sweep_cfg(setup: dict, out: Path) -> tuple[ParetoConfig, EvalConfig]:
+    cfg = ParetoConfig(
+        out=str(out),
+        work_dir=str(out / "work"),
+        checkpoints={"mdlm": str(setup["mdlm"])},
+        grids=(
+            GridConfig(ndisc=(2, 4), selection=("random", "confidence")),
+            GridConfig(name="temperature", ndisc=(4,), selection=("random",), temperature=(0.5,)),
+        ),
+        num_samples=12,
+        batch_size=12,
+    )
+    eval_cfg = EvalConfig(
+        scorer=ScorerConfig(name=str(setup["judge"])), mauve=MauveConfig(kmeans_redo=1)
+    )
+    return cfg, eval_cfg
+
+
+def test_sweep_resumes_without_redoing_finished_cells(setup, tmp_path, monkeypatch):
+    cfg, eval_cfg = _sweep_cfg(setup, tmp_path / "results")
+    runtime = init_runtime("cpu")
+    calls: list[str] = []
+    kill_at = [3]  # the first sweep is interrupted while sampling its third cell
+    real = pareto.sample_cell
+
+    def counting(cell, **kw):
+        calls.append(cell.name)
+        if len(calls) == kill_at[0]:
+            raise KeyboardInterrupt
+        return real(cell, **kw)
+
+    monkeypatch.setattr(pareto, "sample_cell", counting)
+    with pytest.raises(KeyboardInterrupt):
+        run_sweep(cfg=cfg, eval_cfg=eval_cfg, data_dir=setup["data"], runtime=runtime)
+    assert len(list((tmp_path / "results" / "cells").glob("*.json"))) == 2
+    assert not (tmp_path / "results" / "pareto.csv").exists()
+
+    kill_at[0] = 0
+    calls.clear()
+    result = run_sweep(cfg=cfg, eval_cfg=eval_cfg, data_dir=setup["data"], runtime=runtime)
+    cells = expand_cells(cfg)
+    assert calls == [c.name for c in cells[2:]]  # only the unfinished cells were sampled
+    assert (result.cells_cached, result.cells_run) == (2, 3)
+    rows = list(csv.DictReader(result.csv.open()))
+    assert [r["cell"] for r in rows] == [c.name for c in cells]
+    assert list(rows[0]) == list(CSV_COLUMNS)
+    for r in rows:
+        assert 0 <= float(r["mauve"]) <= 1 and float(r["genppl"]) > 1
+        assert float(r["judge_valid_ppl"]) == 42.0
+    assert float(rows[0]["tokens_per_forward"]) >= 16 / 2  # ndisc 2: at most 2 passes + fill
+    assert result.floor.scorer_valid_ppl == 42.0 and result.floor.mauve_real is not None
+    assert set(result.plots) == {"pareto", "selection", "temperature"}
+    assert "GenPPL **" in result.table.read_text()
+
+    calls.clear()
+    before = {p: p.stat().st_mtime_ns for p in (tmp_path / "results" / "cells").glob("*.json")}
+    again = run_sweep(cfg=cfg, eval_cfg=eval_cfg, data_dir=setup["data"], runtime=runtime)
+    assert calls == [] and (again.cells_cached, again.cells_run) == (5, 0)
+    assert {p: p.stat().st_mtime_ns for p in before} == before
+    assert again.rows == result.rows
+
+
+def test_changed_evaluation_or_judge_reuses_the_samples(setup, tmp_path, monkeypatch):
+    judge = tmp_path / "judge"
+    shutil.copytree(setup["judge"], judge)
+    cfg, _ = _sweep_cfg(setup, tmp_path / "r")
+    cfg = dataclasses.replace(cfg, grids=(GridConfig(ndisc=(2,), selection=("random",)),))
+    eval_cfg = EvalConfig(scorer=ScorerConfig(name=str(judge)), mauve=MauveConfig(enabled=False))
+    runtime = init_runtime("cpu")
+    run_sweep(cfg=cfg, eval_cfg=eval_cfg, data_dir=setup["data"], runtime=runtime)
+    calls = []
+    monkeypatch.setattr(pareto, "sample_cell", lambda cell, **kw: calls.append(cell))
+    other = dataclasses.replace(eval_cfg, eos="truncate")
+    result = run_sweep(cfg=cfg, eval_cfg=other, data_dir=setup["data"], runtime=runtime)
+    assert calls == [] and result.cells_run == 1 and result.rows[0]["mauve"] is None
+    record = json.loads((judge / "judge.json").read_text())
+    (judge / "judge.json").write_text(json.dumps({**record, "valid_ppl": 7.0}))  # "retrained"
+    result = run_sweep(cfg=cfg, eval_cfg=other, data_dir=setup["data"], runtime=runtime)
+    assert calls == [] and result.cells_run == 1 and result.rows[0]["judge_valid_ppl"] == 7.0
+
+
+def test_cli_pareto(setup, tmp_path):
+    import yaml
+
+    cfg, _ = _sweep_cfg(setup, tmp_path / "results")
+    recipe = {
+        "name": "paretotest",
+        "data": {"out": str(setup["data"]), "seq_len": 16, "tokenizer": {"vocab_size": 300}},
+        "mdlm": {"model": {"vocab_size": 300, "hidden": 16, "depth": 1, "heads": 2}, "train": {}},
+        "eval": {"scorer": {"name": str(setup["judge"])}, "mauve": {"kmeans_redo": 1}},
+        "pareto": {
+            "out": cfg.out,
+            "work_dir": cfg.work_dir,
+            "checkpoints": {"mdlm": str(setup["mdlm"])},
+            "grids": [{"ndisc": [2, 4], "selection": ["random"]}],
+            "num_samples": 12,
+            "batch_size": 12,
+        },
+    }
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+
+    def cli(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-m", "diladiff_cli", "pareto", str(path), *args],
+            cwd=tmp_path, capture_output=True, text=True, env=env, timeout=300,
+        )  # fmt: skip
+
+    proc = cli("--device", "cpu")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = json.loads(proc.stdout[proc.stdout.index("{") :])
+    assert out["cells_run"] == 2 and Path(out["plots"]["pareto"]).stat().st_size > 10_000
+    assert out["headline"] == []  # only MDLM so far
+    proc = cli(
+        "--set", "pareto.grids=[{models: [ladiff]}]", "--set", "pareto.checkpoints.ladiff=no.pt"
+    )
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1] == (
+        "error: pareto: model 'ladiff' needs checkpoint no.pt, which does not exist "
+        "(train it first, or drop 'ladiff' from the grids)"
+    )
