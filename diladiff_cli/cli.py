@@ -51,6 +51,12 @@ class PrecisionOpt(str, Enum):
     fp16 = "fp16"
 
 
+class ModelOpt(str, Enum):
+    mdlm = "mdlm"
+    ladiff = "ladiff"
+    diladiff = "diladiff"
+
+
 class SelectionOpt(str, Enum):
     random = "random"
     confidence = "confidence"
@@ -446,6 +452,20 @@ def sample(
     truncate: Annotated[
         bool, typer.Option(help="With --from-text: cut texts too long for the encoder or a block.")
     ] = False,
+    model: Annotated[
+        ModelOpt | None,
+        typer.Option(
+            help="mdlm, ladiff (prior ODE, then tokens) or diladiff (distilled student, then "
+            "tokens). Default: the recipe's; diladiff when --ncont is given."
+        ),
+    ] = None,
+    ncont: Annotated[
+        int | None, typer.Option(help="Latent steps (LaDiff ~200, DiLaDiff ~5).")
+    ] = None,
+    autoencoder: Annotated[
+        Path | None,
+        typer.Option(help="Autoencoder whose decoder decodes z; with --model mdlm: null latent."),
+    ] = None,
 ) -> None:
     """Sample texts from the MDLM; writes JSONL plus a timing record (<out>.meta.json).
 
@@ -456,6 +476,12 @@ def sample(
     recipe's ae.out); the record holds the token accuracy against the sources.
 
     Example: diladiff sample --reconstruct 16 --ndisc 8 --selection confidence
+
+    Latent first, then tokens (stages 2-3): --model ladiff draws z with the prior's ODE,
+    --model diladiff with the distilled student; the record splits the time between the
+    latent and the discrete stage.
+
+    Example: diladiff sample --ncont 5 --ndisc 64
     """
     overrides = list(set_ or [])
     for key, value in (
@@ -467,6 +493,9 @@ def sample(
         ("temperature", temperature),
         ("top_p", top_p),
         ("out", out),
+        ("ncont", ncont),
+        ("autoencoder", autoencoder),
+        ("model", model.value if model else ("diladiff" if ncont is not None else None)),
     ):
         if value is not None:
             overrides.append(f"sample.{key}={value}")
@@ -505,6 +534,21 @@ def sample(
             num_blocks=reconstruct or 0,
             data_dir=cfg.data.out,
             truncate=truncate,
+            reporter=RichReporter(enabled=True),
+        )
+    elif s.model != "mdlm" or autoencoder is not None:
+        from diladiff_cli.sample import sample_hybrid
+
+        if out is None:
+            s = dataclasses.replace(s, out=str(Path(s.out).with_name(f"{s.model}.jsonl")))
+        latent = {"mdlm": None, "ladiff": s.prior, "diladiff": s.student}[s.model]
+        result = sample_hybrid(
+            autoencoder=s.autoencoder,
+            latent_model=latent,
+            ncont=ncont if ncont is not None else (s.ncont or None),  # --ncont 0: an error
+            settings=settings,
+            runtime=runtime,
+            precision=precision.value,
             reporter=RichReporter(enabled=True),
         )
     else:

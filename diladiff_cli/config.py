@@ -65,6 +65,11 @@ class SampleConfig:
     temperature: float = 1.0
     top_p: float = 1.0
     out: str = "runs/tiny/samples/mdlm.jsonl"
+    model: Literal["mdlm", "ladiff", "diladiff"] = "mdlm"  # what `sample` draws by default
+    autoencoder: str = "runs/tiny/ae.pt"  # LaDiff / DiLaDiff decode with its decoder
+    prior: str = "runs/tiny/ladiff.pt"  # LaDiff's latent prior (teacher)
+    student: str = "runs/tiny/diladiff.pt"  # DiLaDiff's distilled student
+    ncont: int = 0  # latent steps; 0: the latent checkpoint's default (200 teacher, 5 student)
 
 
 @dataclass(frozen=True)

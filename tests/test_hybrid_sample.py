@@ -1,0 +1,107 @@
+"""Hybrid sampling (latent first, then tokens) on seconds-scale checkpoints: a 3-step
+autoencoder, a prior trained on its latents encoded on the fly, and a student distilled
+from that prior."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+from _ae_tiny import TinyEnv, tiny_env, trained_ae  # noqa: F401  (fixtures)
+
+from diladiff_cli.distributed import init_runtime
+from diladiff_cli.errors import DiladiffError
+from diladiff_cli.models.latent_net import LatentDiTConfig
+from diladiff_cli.prior import DistillStageConfig, PriorStageConfig, distill, train_prior
+from diladiff_cli.sample import SampleSettings, meta_path, sample_hybrid, write_samples
+from diladiff_cli.train import TrainConfig
+
+STEPS = TrainConfig(steps=2, batch_size=4, log_every=1, ckpt_every=2, eval_batches=1)
+
+
+@pytest.fixture(scope="module")
+def latent_models(tiny_env: TinyEnv, trained_ae):  # noqa: F811
+    runtime = init_runtime("cpu")
+    net = LatentDiTConfig(num_latents=4, latent_dim=8, hidden=16, depth=1, heads=2, cond_dim=8)
+    prior = PriorStageConfig(
+        model=net,
+        train=STEPS,
+        out=str(tiny_env.root / "ladiff.pt"),
+        latents=None,  # encode on the fly
+        autoencoder=str(trained_ae),
+    )
+    train_prior(cfg=prior, data_dir=tiny_env.data.out, runtime=runtime)
+    student = DistillStageConfig(
+        teacher=prior.out, out=str(tiny_env.root / "diladiff.pt"), train=STEPS
+    )
+    distill(cfg=student, data_dir=tiny_env.data.out, runtime=runtime)
+    return prior.out, student.out
+
+
+SETTINGS = SampleSettings(num_samples=3, batch_size=2, ndisc=4)
+
+
+@pytest.mark.parametrize(("which", "ncont", "name"), [(0, 3, "ladiff"), (1, 2, "diladiff")])
+def test_hybrid_sampling_timing_record(latent_models, trained_ae, tmp_path, which, ncont, name):  # noqa: F811
+    result = sample_hybrid(
+        autoencoder=trained_ae,
+        latent_model=latent_models[which],
+        ncont=ncont,
+        settings=SETTINGS,
+        runtime=init_runtime("cpu"),
+    )
+    t = result.timing
+    assert result.info["model"] == name and result.info["ncont"] == ncont
+    assert result.tokens.shape == (3, 32) and len(result.texts) == 3
+    assert t.seconds_total == pytest.approx(t.seconds_latent + t.seconds_discrete)
+    assert 0 < t.latent_share < 1
+    # the prior's default solver is Heun: 2 evaluations a step, the last step Euler;
+    # the student: one evaluation a step
+    assert t.forward_passes_latent == {"ladiff": 2 * ncont - 1, "diladiff": ncont}[name]
+    assert 0 < t.forward_passes_discrete <= SETTINGS.ndisc + 1
+    out = tmp_path / f"{name}.jsonl"
+    write_samples(result, out)
+    record = json.loads(meta_path(out).read_text())
+    assert record["model"] == name and record["timing"]["latent_share"] == t.latent_share
+
+
+def test_null_latent_is_the_mdlm_baseline(trained_ae):  # noqa: F811
+    result = sample_hybrid(
+        autoencoder=trained_ae,
+        latent_model=None,
+        ncont=None,
+        settings=SETTINGS,
+        runtime=init_runtime("cpu"),
+    )
+    assert result.info["model"] == "mdlm"
+    assert result.timing.seconds_latent == 0 and result.timing.forward_passes_latent == 0
+
+
+def test_bad_ncont_and_foreign_latent_model(latent_models, trained_ae, tmp_path):  # noqa: F811
+    runtime = init_runtime("cpu")
+    with pytest.raises(DiladiffError, match="ncont"):
+        sample_hybrid(
+            autoencoder=trained_ae,
+            latent_model=latent_models[1],
+            ncont=0,
+            settings=SETTINGS,
+            runtime=runtime,
+        )
+    # the same autoencoder weights, but another file content: the prior must refuse it
+    other = tmp_path / "other_ae.pt"
+    data = bytearray(trained_ae.read_bytes())
+    other.write_bytes(bytes(data))
+    from diladiff_cli.checkpoint import load_checkpoint, save_weights
+
+    ckpt = load_checkpoint(trained_ae, stage="ae")
+    meta = dataclasses.replace(ckpt.meta, step=ckpt.meta.step + 1)
+    save_weights(other, ckpt.tensors, meta)
+    with pytest.raises(DiladiffError, match="autoencoder"):
+        sample_hybrid(
+            autoencoder=other,
+            latent_model=latent_models[0],
+            ncont=2,
+            settings=SETTINGS,
+            runtime=runtime,
+        )
