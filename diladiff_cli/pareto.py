@@ -48,7 +48,8 @@ from diladiff_cli.train import Precision, Reporter
 
 Model = Literal["mdlm", "ladiff", "diladiff"]
 Selection = Literal["random", "confidence"]
-SAMPLERS = ("mdlm",)  # models sample_cell can draw from today
+SAMPLERS = ("mdlm", "ladiff", "diladiff")  # models sample_cell can draw from
+HYBRID = ("ladiff", "diladiff")  # latent first: they also need checkpoints["ae"]
 COLORS = {"mdlm": "tab:orange", "ladiff": "tab:green", "diladiff": "tab:purple"}
 CSV_COLUMNS = (
     "model",
@@ -201,6 +202,14 @@ def resolve_checkpoints(cells: list[Cell], cfg: ParetoConfig) -> dict[str, str]:
                 f"yet; available: {', '.join(SAMPLERS)}"
             )
         found[key] = path
+    if any(cell.model in HYBRID for cell in cells):
+        ae = cfg.checkpoints.get("ae")
+        if ae is None or not Path(ae).exists():
+            raise DiladiffError(
+                f"pareto: LaDiff / DiLaDiff cells decode with the autoencoder: set "
+                f"pareto.checkpoints.ae to an existing `train-ae` checkpoint (got {ae})"
+            )
+        found["ae"] = ae
     return found
 
 
@@ -215,6 +224,7 @@ def sample_cell(
     out: Path,
     runtime: Runtime,
     precision: Precision,
+    autoencoder: str | None = None,
 ) -> Path:
     """Draw one cell's samples and write them (JSONL + ``.meta.json`` timing record).
 
@@ -224,20 +234,31 @@ def sample_cell(
     Returns:
         The JSONL path.
     """
-    if cell.model == "mdlm":
-        from diladiff_cli.sample import SampleSettings, sample_mdlm, write_samples
+    from diladiff_cli.sample import SampleSettings, sample_hybrid, sample_mdlm, write_samples
 
-        settings = SampleSettings(
-            num_samples=num_samples,
-            batch_size=batch_size,
-            ndisc=cell.ndisc,
-            selection=cell.selection,  # type: ignore[arg-type]
-            temperature=cell.temperature,
-            top_p=top_p,
-            seed=seed,
-        )
+    settings = SampleSettings(
+        num_samples=num_samples,
+        batch_size=batch_size,
+        ndisc=cell.ndisc,
+        selection=cell.selection,  # type: ignore[arg-type]
+        temperature=cell.temperature,
+        top_p=top_p,
+        seed=seed,
+    )
+    if cell.model == "mdlm":
         result = sample_mdlm(
             checkpoint=checkpoint, settings=settings, runtime=runtime, precision=precision
+        )
+        write_samples(result, out)
+        return out
+    if cell.model in HYBRID and autoencoder is not None:
+        result = sample_hybrid(
+            autoencoder=autoencoder,
+            latent_model=checkpoint,
+            ncont=cell.ncont or None,
+            settings=settings,
+            runtime=runtime,
+            precision=precision,
         )
         write_samples(result, out)
         return out
@@ -896,6 +917,7 @@ def run_sweep(
     for n, cell in enumerate(cells, 1):
         sample_key = _digest(
             {"cell": asdict(cell), **sampling, "checkpoint": identities[cell.checkpoint_key],
+             "autoencoder": identities.get("ae") if cell.model in HYBRID else None,
              "precision": precision}
         )  # fmt: skip
         eval_key = _digest({"sample": sample_key, **eval_id})
@@ -912,6 +934,7 @@ def run_sweep(
             sample_cell(
                 cell,
                 checkpoint=checkpoints[cell.checkpoint_key],
+                autoencoder=checkpoints.get("ae"),
                 out=samples,
                 runtime=runtime,
                 precision=precision,

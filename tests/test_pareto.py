@@ -65,8 +65,12 @@ def test_missing_or_unavailable_models_fail_before_anything_runs(tmp_path):
     with pytest.raises(DiladiffError, match=f"needs checkpoint {ckpt}, which does not exist"):
         resolve_checkpoints(cells, with_path)
     ckpt.write_bytes(b"x")
-    with pytest.raises(DiladiffError, match="not available yet"):
+    with pytest.raises(DiladiffError, match="pareto.checkpoints.ae"):  # hybrids need the AE
         resolve_checkpoints(cells, with_path)
+    ae = tmp_path / "ae.pt"
+    ae.write_bytes(b"x")
+    both = ParetoConfig(checkpoints={"ladiff": str(ckpt), "ae": str(ae)})
+    assert resolve_checkpoints(cells, both) == {"ladiff": str(ckpt), "ae": str(ae)}
     distilled = [Cell("diladiff", 5, 8, "random", 1.0, "tvm")]
     with pytest.raises(DiladiffError, match="pareto.checkpoints.diladiff/tvm"):
         resolve_checkpoints(distilled, with_path)
