@@ -5,32 +5,18 @@ the real GPT-2 tokenizer files, an MDLM checkpoint directory with the released n
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import safetensors.torch
 import torch
+from _clikit import cli
 
 from diladiff_cli.config import load_recipe
 from diladiff_cli.hub import gpt2_tokenizer_dir
 from diladiff_cli.models.dit import DiT, DiTConfig
 
 PAPER = sorted((Path(__file__).parent.parent / "recipes" / "paper").glob("*.yaml"))
-
-
-def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
-    return subprocess.run(
-        [sys.executable, "-m", "diladiff_cli", *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
-    )
 
 
 @pytest.mark.parametrize("recipe", PAPER, ids=lambda p: p.name)
