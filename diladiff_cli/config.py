@@ -5,6 +5,12 @@ loader is strict: an unknown key, a wrong type or a missing required field is a
 :class:`RecipeError` naming the key and the file. ``--set a.b=c`` overrides are
 applied to the raw mapping before validation, so they obey the same rules.
 
+A recipe may start from another one: a top-level ``extends: <path>`` (relative to
+the recipe's directory, or absolute) loads that base recipe (itself possibly
+extending another), then deep-merges this file over it: a mapping merges into a
+mapping key by key, anything else (a list, a scalar, null) replaces the base's
+value. Overrides come after the merge, validation last.
+
 Only this module (and the CLI) read YAML; the core library takes the dataclasses.
 """
 
@@ -118,36 +124,85 @@ def _apply_override(raw: dict, assignment: str, file: str) -> None:
     node[parts[-1]] = value
 
 
-def load_recipe(path: str | Path | None = None, overrides: list[str] | None = None) -> Recipe:
-    """Read, override and validate a recipe.
-
-    Args:
-        path: the YAML file; ``None`` means the embedded default.
-        overrides: ``KEY=VALUE`` strings with dotted keys.
-
-    Returns:
-        The frozen :class:`Recipe`.
-
-    Raises:
-        RecipeError: on any malformed input, with the key and the file named.
-    """
-    path = Path(path) if path is not None else default_recipe_path()
+def _read_mapping(path: Path, via: str) -> dict:
+    """One recipe file as a raw mapping (``{}`` when empty)."""
     file = str(path)
     if not path.is_file():
-        raise RecipeError(f"recipe file not found: {file}")
+        raise RecipeError(f"recipe file not found: {file}{via}")
     try:
         raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(err, "problem", None) or "invalid YAML"
-        raise RecipeError(f"{file}: malformed YAML{where}: {problem}") from None
+        raise RecipeError(f"{file}: malformed YAML{where}: {problem}{via}") from None
     if raw is None:
-        raw = {}
+        return {}
     if not isinstance(raw, dict):
         raise RecipeError(
-            f"{file}: a recipe must be a mapping of sections, got {type(raw).__name__}"
+            f"{file}: a recipe must be a mapping of sections, got {type(raw).__name__}{via}"
         )
+    return raw
+
+
+def _deep_merge(base: dict, child: dict) -> dict:
+    """``child`` over ``base``: mappings merge recursively, anything else replaces."""
+    merged = dict(base)
+    for key, value in child.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _resolve_raw(path: Path, chain: tuple[Path, ...]) -> tuple[dict, list[Path]]:
+    """The raw mapping of ``path`` with its ``extends`` chain merged in.
+
+    Args:
+        path: the recipe file.
+        chain: the files that (transitively) extend this one, the outermost first.
+
+    Returns:
+        The merged mapping (without ``extends``) and the base files, nearest first.
+    """
+    via = f" (extended by {chain[-1]})" if chain else ""
+    raw = _read_mapping(path, via)
+    if "extends" not in raw:
+        return raw, []
+    base = raw.pop("extends")
+    if not isinstance(base, str) or not base.strip():
+        raise RecipeError(f"{path}: extends: expected the path of a base recipe, got {base!r}")
+    base_path = Path(base).expanduser()
+    if not base_path.is_absolute():
+        base_path = path.parent / base_path
+    seen = [p.resolve() for p in (*chain, path)]
+    if base_path.resolve() in seen:
+        cycle = " -> ".join(str(p) for p in (*chain, path, base_path))
+        raise RecipeError(f"{path}: extends cycle: {cycle}")
+    if not base_path.is_file():
+        raise RecipeError(f"{path}: extends: base recipe not found: {base_path}")
+    base_raw, bases = _resolve_raw(base_path, (*chain, path))
+    return _deep_merge(base_raw, raw), [base_path, *bases]
+
+
+def load_recipe(path: str | Path | None = None, overrides: list[str] | None = None) -> Recipe:
+    """Read, resolve ``extends``, override and validate a recipe.
+
+    Args:
+        path: the YAML file; ``None`` means the embedded default.
+        overrides: ``KEY=VALUE`` strings with dotted keys, applied after the merge.
+
+    Returns:
+        The frozen :class:`Recipe`.
+
+    Raises:
+        RecipeError: on any malformed input, with the key and the file named (for a
+            recipe that extends others, the error of a merged key names the whole chain).
+    """
+    path = Path(path) if path is not None else default_recipe_path()
+    raw, bases = _resolve_raw(path, ())
+    file = f"{path} (extends {' -> '.join(str(b) for b in bases)})" if bases else str(path)
     for assignment in overrides or []:
         _apply_override(raw, assignment, file)
     return build_dataclass(Recipe, raw, "", file)

@@ -1,4 +1,5 @@
-"""Paper-scale recipes: every one validates with --dry-run, and each runs shrunk on CPU
+"""Paper-scale recipes: every one validates with --dry-run and states the paper's settings,
+every command their headers document validates, and the MDLM stages run shrunk on CPU
 through the same code path, with local stand-ins for the hub parts (a local text corpus,
 the real GPT-2 tokenizer files, an MDLM checkpoint directory with the released names)."""
 
@@ -10,13 +11,20 @@ from pathlib import Path
 import pytest
 import safetensors.torch
 import torch
-from _clikit import cli
+from _clikit import cli, documented_commands, invoke
 
 from diladiff_cli.config import load_recipe
 from diladiff_cli.hub import gpt2_tokenizer_dir
+from diladiff_cli.judge import JudgeStageConfig
 from diladiff_cli.models.dit import DiT, DiTConfig
+from diladiff_cli.pareto import HYBRID, expand_cells
 
-PAPER = sorted((Path(__file__).parent.parent / "recipes" / "paper").glob("*.yaml"))
+ROOT = Path(__file__).resolve().parent.parent
+PAPER = sorted((ROOT / "recipes" / "paper").glob("*.yaml"))
+MDLM_OWT = ROOT / "recipes" / "paper" / "mdlm_owt.yaml"
+PIPELINE = ROOT / "recipes" / "paper" / "pipeline.yaml"
+EXPERIMENTS = sorted((ROOT / "recipes" / "paper").glob("exp*.yaml"))
+STAGED = [PIPELINE, *EXPERIMENTS]  # the recipes with every stage
 
 
 @pytest.mark.parametrize("recipe", PAPER, ids=lambda p: p.name)
@@ -27,6 +35,119 @@ def test_paper_recipe_validates(recipe, tmp_path):
     proc = cli("train-mdlm", str(recipe), "--dry-run", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert "kuleshov-group/mdlm-owt" in proc.stdout
+
+
+def test_six_paper_experiments():
+    assert [p.name[:4] for p in EXPERIMENTS] == [f"exp{i}" for i in range(1, 7)]
+
+
+@pytest.mark.parametrize("recipe", STAGED, ids=lambda p: p.name)
+def test_paper_settings(recipe):
+    r, owt = load_recipe(recipe), load_recipe(MDLM_OWT)
+    assert (r.data, r.mdlm) == (owt.data, owt.mdlm)  # mdlm_owt.yaml's, unchanged
+    assert r.data.corpus.source == "Skylion007/openwebtext" and r.data.seq_len == 1024
+    assert r.data.tokenizer.name == "gpt2" and r.mdlm.model.max_len == 1024
+    # stage 1: frozen BERT -> compressor -> z, decoded by the fine-tuned MDLM
+    assert r.ae.encoder.name == "bert-base-uncased" and r.ae.encoder.max_len <= 512
+    assert r.ae.decoder.base == r.mdlm.out
+    assert len(r.ae.decoder.cross_attn_after) == 2  # two cross-attention layers
+    assert max(r.ae.decoder.cross_attn_after) < r.mdlm.model.depth
+    assert r.encode.checkpoint == r.ae.out
+    # stages 2 and 3 chain on stage 1
+    shape = (r.ae.compressor.num_latents, r.ae.compressor.latent_dim)
+    assert (r.prior.model.num_latents, r.prior.model.latent_dim) == shape
+    assert r.prior.autoencoder == r.ae.out and r.prior.sampler.ncont == 200
+    assert r.distill.teacher == r.prior.out and r.distill.ncont == 5
+    assert r.distill.train.steps == 25000 and r.distill.objective == "meanflow"
+    # evaluation: gpt2-large for GenPPL and MAUVE features, 5000 samples, no judge
+    assert r.eval.scorer.name == "gpt2-large" and r.eval.scorer.context in (0, 1024)
+    assert r.eval.mauve.features == "gpt2-large" and r.eval.mauve.featurizer == "mauve"
+    assert r.pareto.num_samples == 5000 and r.sample.num_samples == 5000
+    assert r.judge == JudgeStageConfig()  # no judge section: the schema's default, unused
+    assert (r.sample.autoencoder, r.sample.prior, r.sample.student) == (
+        r.ae.out,
+        r.prior.out,
+        r.distill.out,
+    )
+    ckpt = r.pareto.checkpoints
+    assert (ckpt["mdlm"], ckpt["ladiff"], ckpt["diladiff"], ckpt["ae"]) == (
+        r.mdlm.out,
+        r.prior.out,
+        r.distill.out,
+        r.ae.out,
+    )
+    assert r.pareto.work_dir == "runs/paper/pareto"
+    for cell in expand_cells(r.pareto):
+        assert cell.checkpoint_key in ckpt and 1024 % cell.ndisc == 0, cell
+        if recipe.name.startswith("exp6"):
+            continue
+        assert cell.ncont == {"mdlm": 0, "ladiff": 200, "diladiff": 5}[cell.model], cell
+
+
+@pytest.mark.parametrize("recipe", EXPERIMENTS, ids=lambda p: p.name)
+def test_paper_experiments_change_only_their_sweep(recipe):
+    base, r = load_recipe(PIPELINE), load_recipe(recipe)
+    for section in ("data", "mdlm", "sample", "ae", "encode", "judge", "eval", "prior", "distill"):
+        assert getattr(r, section) == getattr(base, section), section
+    assert r.name == f"paper-{recipe.stem.replace('_', '-')}" and len(r.description) > 100
+    if recipe.name.startswith("exp1"):  # scripts/ae_report.py, not a sweep
+        assert f"scripts/ae_report.py --recipe recipes/paper/{recipe.name}" in r.description
+        return
+    assert r.pareto.out == f"results/paper/{recipe.stem}"
+    cells = expand_cells(r.pareto)
+    assert {c.ndisc for c in cells} <= {32, 64, 128, 256, 512, 1024}
+    if recipe.name.startswith(("exp2", "exp4", "exp5")):
+        assert {c.ndisc for c in cells} == {32, 64, 128, 256, 512, 1024}
+    if recipe.name.startswith("exp6"):
+        labels = {c.distill for c in cells if c.model == "diladiff"}
+        assert labels == {"meanflow-ln11", "meanflow-ln12", "tvm-ln11", "tvm-ln12"}
+        assert r.pareto.checkpoints["diladiff/meanflow-ln12"] == r.distill.out
+        assert (r.distill.time.mean, r.distill.time.std) == (-1.0, 2.0)
+        assert {c.model for c in cells if c.model in HYBRID} == {"ladiff", "diladiff"}
+
+
+@pytest.mark.parametrize("recipe", STAGED, ids=lambda p: p.name)
+def test_paper_headers_state_cost_and_launch(recipe):
+    header = "".join(line for line in recipe.read_text().splitlines() if line.startswith("#"))
+    assert "GPU-h" in header and "torchrun --nproc_per_node=8 -m diladiff_cli" in header
+    for flag in ("--nnodes=", "--node_rank=", "--rdzv_backend=c10d", "--rdzv_endpoint="):
+        assert flag in header, flag
+
+
+@pytest.mark.parametrize("recipe", PAPER, ids=lambda p: p.name)
+def test_paper_documented_commands_validate(recipe, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    commands = documented_commands(recipe.relative_to(ROOT))
+    assert commands
+    for args in commands:
+        assert recipe.relative_to(ROOT).as_posix() in args, args
+        if args[0] == "python":
+            assert (ROOT / args[1]).is_file()
+            load_recipe(args[args.index("--recipe") + 1])
+            continue
+        result = invoke(*args, "--dry-run")
+        assert result.exit_code == 0, (args, result.output)
+
+
+@pytest.mark.parametrize(
+    ("command", "needles"),
+    [
+        (["train-ae"], ["name: bert-base-uncased", "base: runs/paper/mdlm.pt", "seq_len: 1024"]),
+        (["encode"], ["checkpoint: runs/paper/ae.pt"]),
+        (["train-prior"], ["ncont: 200", "autoencoder: runs/paper/ae.pt"]),
+        (["distill"], ["steps: 25000", "ncont: 5", "teacher: runs/paper/ladiff.pt"]),
+        (["pareto"], ["num_samples: 5000", "name: gpt2-large", "ae: runs/paper/ae.pt"]),
+        (["sample", "--model", "ladiff"], ["num_samples: 5000", "prior: runs/paper/ladiff.pt"]),
+        (["eval", "none.jsonl", "--recipe"], ["name: gpt2-large", "features: gpt2-large"]),
+    ],
+    ids=["train-ae", "encode", "train-prior", "distill", "pareto", "sample", "eval"],
+)
+def test_paper_pipeline_stage_dry_runs(command, needles, tmp_path):
+    proc = cli(*command, str(PIPELINE), "--dry-run", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    for needle in needles:
+        assert needle in proc.stdout, (needle, proc.stdout)
+    assert not any(tmp_path.iterdir())  # a dry run writes nothing
 
 
 def fake_released_mdlm(path: Path, cfg: DiTConfig) -> None:
