@@ -139,6 +139,10 @@ class DecoderConfig:
     """0-based indices of the DiT blocks followed by a cross-attention layer."""
     cross_attn_heads: int = 4
     """Heads of each cross-attention layer (must divide the decoder's width)."""
+    locality: float = 1.0
+    """Positional prior of the cross-attention: token position l of the block looks
+    first at the latents that summarise its stretch of text (see
+    ``models.autoencoder.CrossAttentionLayer``); 0 switches it off."""
     null_latent: NullLatent = "zero"
     """What replaces z under latent dropout and at "no latent": ``zero`` (exactly no
     cross-attention: the decoder is then its DiT) or ``learned``."""
@@ -485,6 +489,7 @@ def build_autoencoder(cfg: AEStageConfig, *, dit: DiT, encoder_dim: int) -> Auto
             num_latents=c.num_latents,
             cross_attn_after=cfg.decoder.cross_attn_after,
             heads=cfg.decoder.cross_attn_heads,
+            locality=cfg.decoder.locality,
         )
     except ValueError as err:
         raise DiladiffError(f"decoder: {err}") from None

@@ -33,7 +33,12 @@ from diladiff_cli.diffusion.masked import LogLinearSchedule
 from diladiff_cli.distributed import init_runtime
 from diladiff_cli.errors import DiladiffError
 from diladiff_cli.mdlm import load_mdlm
-from diladiff_cli.models.autoencoder import Autoencoder, Corruption, LatentDecoder
+from diladiff_cli.models.autoencoder import (
+    Autoencoder,
+    Corruption,
+    CrossAttentionLayer,
+    LatentDecoder,
+)
 from diladiff_cli.models.dit import DiT
 from diladiff_cli.models.perceiver import PerceiverCompressor
 from diladiff_cli.objective import StepContext
@@ -86,7 +91,7 @@ def test_compressor_shape_for_any_length_and_ignores_padding():
 def test_zero_init_decoder_equals_base_mdlm_for_any_z():
     dit = small_dit()
     decoder = LatentDecoder(
-        dit=dit, latent_dim=8, num_latents=4, cross_attn_after=(0, 2), heads=2
+        dit=dit, latent_dim=8, num_latents=4, cross_attn_after=(0, 2), heads=2, locality=1.0
     ).eval()
     tokens, sigma, z = inputs()
     base = dit(tokens, sigma)
@@ -101,7 +106,7 @@ def test_zero_init_decoder_equals_base_mdlm_for_any_z():
 def test_null_latent_is_the_plain_dit_at_any_step():
     dit = small_dit()
     decoder = LatentDecoder(
-        dit=dit, latent_dim=8, num_latents=4, cross_attn_after=(1, 2), heads=2
+        dit=dit, latent_dim=8, num_latents=4, cross_attn_after=(1, 2), heads=2, locality=1.0
     ).eval()
     randomize_zero_init(decoder.cross_attn, seed=3)  # as after training
     tokens, sigma, z = inputs()
@@ -124,6 +129,24 @@ def test_null_latent_is_the_plain_dit_at_any_step():
     dropped = Corruption(null=torch.ones(3, dtype=torch.bool))
     assert torch.equal(ae(tokens, sigma, states=states, state_mask=mask, corruption=dropped), base)
     assert torch.equal(ae.decode_logits(tokens, sigma, None), base)
+
+
+def test_cross_attention_locality_points_positions_at_their_latents():
+    """Head 0 of a layer with the positional prior and no learned preference (zero codes,
+    one shared key) puts position l on latent floor(l N / L); the last head is flat."""
+    layer = CrossAttentionLayer(
+        hidden=8, latent_dim=4, num_latents=4, max_len=16, heads=2, locality=4.0
+    )
+    seen = {}
+    layer.attn.register_forward_pre_hook(lambda m, args: seen.update(bias=args[2]))
+    with torch.no_grad():
+        layer.query_pos.zero_()
+        layer.key_pos.zero_()
+        layer(torch.randn(1, 16, 8), torch.ones(1, 4, 4))
+    bias = seen["bias"]  # (1, H, L, N)
+    assert bias.shape == (1, 2, 16, 4)
+    assert torch.equal(bias[0, 0].argmax(dim=-1), torch.arange(16) // 4)
+    assert (bias[0, 1] == 0).all()
 
 
 def test_learned_null_latent_replaces_z():
@@ -302,6 +325,19 @@ def test_cached_states_run_the_encoder_once_per_block(tiny_env):
     assert torch.equal(
         again.states[1, : first.enc_mask[1].sum()], first.states[1, : first.enc_mask[1].sum()]
     )
+
+
+def test_compressor_locality_prior():
+    comp = PerceiverCompressor(
+        input_dim=8, num_latents=4, latent_dim=3, width=16, depth=1, heads=4, locality=1.0
+    )
+    mask = torch.tensor([[True] * 9 + [False] * 3])
+    bias = comp.attention_bias(mask)  # (1, H, N, N + S)
+    assert bias.shape == (1, 4, 4, 16)
+    assert (bias[..., :4] == 0).all() and torch.isinf(bias[..., -3:]).all()
+    head0 = bias[0, 0, :, 4:13]  # the most local head, real tokens
+    assert (head0.argmax(dim=-1) == torch.tensor([1, 3, 5, 7])).all()  # centred in its span
+    assert (bias[0, -1, :, 4:13] == 0).all()  # the last head sees the whole text
 
 
 def test_trainable_groups(tiny_env):
@@ -536,4 +572,13 @@ def test_train_ae_two_process_gloo_matches_one_process(tiny_env, tmp_path):
     one = safetensors.torch.load_file(str(tmp_path / "ae1.pt"))
     two = safetensors.torch.load_file(str(tmp_path / "ae2.pt"))
     for name, tensor in one.items():
-        torch.testing.assert_close(tensor, two[name], rtol=1e-4, atol=1e-5, msg=name)
+        # At step 2 the gradients of the compressor and of the cross-attention's inputs
+        # pass through an output projection updated once from zero: ~1e-9, where
+        # Adam's eps (1e-8) turns float rounding into update differences of ~1e-4 (a
+        # step is lr = 3e-3: unsynchronised gradients would differ by that much). The
+        # decoder and the output projections match to 1e-5.
+        behind_zero = name.startswith("compressor.") or (
+            ".cross_attn." in name and not name.endswith("to_out.weight")
+        )
+        atol = 5e-4 if behind_zero else 1e-5
+        torch.testing.assert_close(tensor, two[name], rtol=1e-4, atol=atol, msg=name)

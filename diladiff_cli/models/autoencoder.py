@@ -24,7 +24,12 @@ import torch
 from torch import nn
 
 from diladiff_cli.models.dit import DiT
-from diladiff_cli.models.perceiver import Attention, PerceiverCompressor, RMSNorm
+from diladiff_cli.models.perceiver import (
+    Attention,
+    PerceiverCompressor,
+    RMSNorm,
+    locality_slopes,
+)
 
 LatentNorm = Literal["none", "stats", "l2"]
 NullLatent = Literal["zero", "learned"]
@@ -87,12 +92,28 @@ class CrossAttentionLayer(nn.Module):
         num_latents: N.
         max_len: positions of the query code (the decoder's context length).
         heads: attention heads.
+        locality: strength of the positional prior that points token position l of a
+            block of length L at latent k near ``N * l / L`` (the compressor's latent k
+            summarises that stretch of text, see :class:`PerceiverCompressor`): head h
+            adds ``-slope_h * (N * (l + 1/2) / L - (k + 1/2))^2 / 2`` to its attention
+            logits, ``slope_h = locality * 4^-h``, the last head unbiased. 0 switches
+            it off. It only shapes where the layer looks, so the zero-init identities
+            hold.
     """
 
     def __init__(
-        self, *, hidden: int, latent_dim: int, num_latents: int, max_len: int, heads: int
+        self,
+        *,
+        hidden: int,
+        latent_dim: int,
+        num_latents: int,
+        max_len: int,
+        heads: int,
+        locality: float = 0.0,
     ) -> None:
         super().__init__()
+        self.num_latents = num_latents
+        self.register_buffer("slopes", locality_slopes(locality, heads), persistent=False)
         self.norm = RMSNorm(dim=hidden)
         self.norm_z = RMSNorm(dim=latent_dim)
         self.attn = Attention(dim=hidden, context_dim=latent_dim, heads=heads, zero_init=True)
@@ -111,7 +132,13 @@ class CrossAttentionLayer(nn.Module):
                 f"sequence of {length} tokens exceeds max_len {self.query_pos.shape[0]}"
             )
         x = (self.norm(h) + self.query_pos[:length]).to(h.dtype)  # (B, L, d)
-        out = self.attn(x, self.norm_z(z).to(x.dtype), key_offset=self.key_pos)
+        bias = None
+        if bool(self.slopes.any()):
+            n = self.num_latents
+            pos = (torch.arange(length, device=h.device, dtype=torch.float32) + 0.5) * n / length
+            dist = pos[:, None] - (torch.arange(n, device=h.device, dtype=torch.float32) + 0.5)
+            bias = (-0.5 * self.slopes[:, None, None] * dist.pow(2))[None]  # (1, H, L, N)
+        out = self.attn(x, self.norm_z(z).to(x.dtype), bias, key_offset=self.key_pos)
         return h + out.to(h.dtype)
 
 
@@ -125,6 +152,8 @@ class LatentDecoder(nn.Module):
         cross_attn_after: 0-based indices of the blocks after which a cross-attention
             layer is inserted (e.g. ``(1, 3)`` for a 4-block DiT).
         heads: cross-attention heads (must divide the DiT's width).
+        locality: the cross-attention's positional prior (see
+            :class:`CrossAttentionLayer`; 0: off).
     """
 
     def __init__(
@@ -135,6 +164,7 @@ class LatentDecoder(nn.Module):
         num_latents: int,
         cross_attn_after: tuple[int, ...],
         heads: int,
+        locality: float = 0.0,
     ) -> None:
         super().__init__()
         depth, hidden = dit.config.depth, dit.config.hidden
@@ -156,6 +186,7 @@ class LatentDecoder(nn.Module):
                     num_latents=num_latents,
                     max_len=dit.config.max_len,
                     heads=heads,
+                    locality=locality,
                 )
                 for i in self.cross_attn_after
             }
