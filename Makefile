@@ -1,11 +1,14 @@
 # DiLaDiff toolkit: set-up, tests, the embedded default pipeline and benchmarks.
-#   make reproduce   set up, then run the whole pipeline on the embedded default (CPU, offline)
+#   make reproduce   set up, then run the whole pipeline, every experiment, and write the report
+#                    (SCALE=tiny: the embedded default, CPU, offline; SCALE=paper NPROC=8: CUDA)
 #   make test        set up, then lint and run the test suite
 #   make bench       set up, then run the benchmarks (results appended to docs/benchmarks.md)
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 RECIPE ?= recipes/tiny/default.yaml
+SCALE  ?= tiny
+NPROC  ?= 1
 # The embedded default and the tests never touch the Hugging Face hub.
 OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
 
@@ -30,12 +33,10 @@ lint: setup
 test: lint
 	$(OFFLINE) $(BIN)/python -m pytest || [ $$? -eq 5 ]
 
+# Every stage skips finished work: after an interruption, run it again. Timings and the
+# report land in results/$(SCALE)/ (timings.json, REPORT.md).
 reproduce: setup
-	$(OFFLINE) $(BIN)/diladiff prepare $(RECIPE)
-	$(OFFLINE) $(BIN)/diladiff train-mdlm $(RECIPE)
-	$(OFFLINE) $(BIN)/diladiff sample $(RECIPE) --ndisc 32
-	$(OFFLINE) $(BIN)/diladiff sample $(RECIPE) --ndisc 32 --selection confidence \
-		--out runs/tiny/samples/mdlm_confidence.jsonl
+	$(OFFLINE) $(BIN)/python scripts/reproduce.py --scale $(SCALE) --nproc $(NPROC)
 
 bench: setup
 	$(OFFLINE) $(BIN)/python scripts/bench_mdlm.py --recipe $(RECIPE)

@@ -226,10 +226,12 @@ class EncodeConfig:
     """Latents per shard."""
     batch_size: int = 64
     """Blocks per encoder forward."""
+    limit: int = 0
+    """Encode only the first ``limit`` blocks of each split (0: all)."""
 
     def __post_init__(self) -> None:
-        if self.shard_size < 1 or self.batch_size < 1:
-            raise ValueError("shard_size and batch_size must be >= 1")
+        if self.shard_size < 1 or self.batch_size < 1 or self.limit < 0:
+            raise ValueError("shard_size and batch_size must be >= 1, limit >= 0")
 
 
 # ----------------------------------------------------------------------------- encoder + data

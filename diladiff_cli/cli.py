@@ -330,7 +330,9 @@ def encode(
     ] = None,
     shard_size: Annotated[int | None, typer.Option(help="Latents per shard.")] = None,
     batch_size: Annotated[int | None, typer.Option(help="Blocks per forward.")] = None,
-    limit: Annotated[int | None, typer.Option(help="Encode only the first N blocks.")] = None,
+    limit: Annotated[
+        int | None, typer.Option(help="Encode only the first N blocks (default: the recipe's).")
+    ] = None,
     text: Annotated[
         list[str] | None, typer.Option(help="Encode this text instead (repeatable).")
     ] = None,
@@ -365,6 +367,7 @@ def encode(
         "out": str(out) if out is not None else None,
         "shard_size": shard_size,
         "batch_size": batch_size,
+        "limit": limit,
     }
     try:
         enc = dataclasses.replace(enc, **{k: v for k, v in changes.items() if v is not None})
@@ -412,7 +415,7 @@ def encode(
             batch_size=enc.batch_size,
             runtime=runtime,
             precision=precision.value,
-            limit=limit,
+            limit=enc.limit or None,
             reporter=reporter,
         )
         for name in enc.splits

@@ -246,9 +246,19 @@ def sample_cell(
         seed=seed,
     )
     if cell.model == "mdlm":
-        result = sample_mdlm(
-            checkpoint=checkpoint, settings=settings, runtime=runtime, precision=precision
-        )
+        if _is_autoencoder(checkpoint):  # the same decoder as LaDiff's, with the null latent
+            result = sample_hybrid(
+                autoencoder=checkpoint,
+                latent_model=None,
+                ncont=None,
+                settings=settings,
+                runtime=runtime,
+                precision=precision,
+            )
+        else:
+            result = sample_mdlm(
+                checkpoint=checkpoint, settings=settings, runtime=runtime, precision=precision
+            )
         write_samples(result, out)
         return out
     if cell.model in HYBRID and autoencoder is not None:
@@ -265,6 +275,15 @@ def sample_cell(
     raise DiladiffError(
         f"pareto: sampling model '{cell.model}' (checkpoint {checkpoint}) is not available yet"
     )
+
+
+def _is_autoencoder(path: str) -> bool:
+    """Whether ``path`` is a `train-ae` checkpoint (an MDLM cell then decodes with its
+    null latent: the MDLM baseline with exactly LaDiff's decoder weights)."""
+    try:
+        return read_meta(path).stage == "ae"
+    except CheckpointError:
+        return False
 
 
 def _digest(payload: Any) -> str:

@@ -78,6 +78,30 @@ def test_null_latent_is_the_mdlm_baseline(trained_ae):  # noqa: F811
     assert result.timing.seconds_latent == 0 and result.timing.forward_passes_latent == 0
 
 
+def test_pareto_mdlm_cell_on_an_autoencoder_decodes_with_the_null_latent(trained_ae, tmp_path):  # noqa: F811
+    from diladiff_cli.pareto import Cell, sample_cell
+
+    runtime = init_runtime("cpu")
+    cell = Cell(model="mdlm", ncont=0, ndisc=SETTINGS.ndisc, selection="random", temperature=1.0)
+    out = sample_cell(
+        cell,
+        checkpoint=str(trained_ae),
+        num_samples=SETTINGS.num_samples,
+        batch_size=SETTINGS.batch_size,
+        seed=SETTINGS.seed,
+        top_p=1.0,
+        out=tmp_path / "mdlm.jsonl",
+        runtime=runtime,
+        precision="fp32",
+    )
+    null = sample_hybrid(
+        autoencoder=trained_ae, latent_model=None, ncont=None, settings=SETTINGS, runtime=runtime
+    )
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["tokens"] for r in rows] == null.tokens.tolist()
+    assert json.loads(meta_path(out).read_text())["model"] == "mdlm"
+
+
 def test_bad_ncont_and_foreign_latent_model(latent_models, trained_ae, tmp_path):  # noqa: F811
     runtime = init_runtime("cpu")
     with pytest.raises(DiladiffError, match="ncont"):

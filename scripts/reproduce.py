@@ -1,0 +1,550 @@
+"""Run the whole DiLaDiff pipeline, stage by stage, make-style, and time every stage.
+
+The stages, in order: prepare, train-mdlm, train-judge, train-ae, encode, train-prior,
+distill (the default MeanFlow student) and the three other students of experiment 6,
+latent-analysis (``scripts/ae_report.py``), prior-quality (``scripts/prior_report.py``),
+one ``pareto`` sweep per experiment 2..6, and report (``scripts/report.py``, which writes
+``<results>/REPORT.md``). A stage whose recipe section is absent is left out (the paper
+pipeline has no ``judge``: GenPPL is scored by gpt2-large).
+
+Make-style: the CLI stages skip finished work themselves (a complete checkpoint, shards
+on disk, cached sweep cells) and say so in their JSON result; the two script stages are
+skipped here when their JSON record is newer than every checkpoint they read (``--force``
+reruns them). Every stage's command, return code, wall time and whether it was skipped go
+to ``<results>/timings.json``, rewritten atomically after each stage; a skipped stage keeps
+the timing of the earlier run that did the work. A failing stage stops the run with its
+exit code. After an interruption, run the same command again.
+
+Examples::
+
+    python scripts/reproduce.py                      # the tiny scale (CPU, offline)
+    python scripts/reproduce.py --dry-run            # print the commands, run nothing
+    python scripts/reproduce.py --only pareto,report
+    python scripts/reproduce.py --scale paper --nproc 8
+
+Only the standard library and rich: no torch import, so it starts at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import re
+import shlex
+import subprocess
+import sys
+import tempfile
+import time
+from collections import deque
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from rich.console import Console
+from rich.text import Text
+
+ROOT = Path(__file__).resolve().parent.parent
+SCALES = ("tiny", "paper")
+EXPERIMENTS = (
+    "exp2_ladiff_vs_mdlm",
+    "exp3_temperature",
+    "exp4_token_selection",
+    "exp5_diladiff_frontier",
+    "exp6_meanflow_vs_tvm",
+)
+# The three students of experiment 6 besides the default one (MeanFlow, LogitNormal(-1, 2)):
+# the arguments its recipe's header gives, after `distill <recipe>`.
+STUDENTS = (
+    ("meanflow-ln11", ("--set", "distill.time.std=1.0"), "diladiff_meanflow_ln11.pt"),
+    ("tvm-ln11", ("--objective", "tvm", "--set", "distill.time.std=1.0"), "diladiff_tvm_ln11.pt"),
+    ("tvm-ln12", ("--objective", "tvm"), "diladiff_tvm_ln12.pt"),
+)
+# prior_report.py measures its floor on training latents, but the paper pipeline encodes only
+# the valid split (all of OWT would not fit in memory): encode one shard of the training split.
+PAPER_TRAIN_LATENTS = 8192
+
+Kind = Literal["cli", "script", "report"]
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One step of the pipeline.
+
+    Attributes:
+        name: what ``--only`` and ``timings.json`` call it.
+        argv: the command, run from the repository root.
+        kind: ``cli`` (skips finished work itself, says so in its JSON result),
+            ``script`` (skipped here when ``output`` is newer than every one of ``inputs``)
+            or ``report`` (always runs).
+        output: script stages: the JSON record they write.
+        inputs: script stages: the checkpoints (and latent directories) they read.
+    """
+
+    name: str
+    argv: tuple[str, ...]
+    kind: Kind = "cli"
+    output: str | None = None
+    inputs: tuple[str, ...] = ()
+
+
+# ----------------------------------------------------------------------------- the plan
+
+
+def recipe_sections(recipe: Path) -> set[str]:
+    """The top-level sections of a recipe and of the recipes it ``extends``.
+
+    A line scan, not a YAML parser (this script imports no YAML library): a top-level key
+    is a line ``name:`` at column 0, as in every recipe here; ``name: null`` removes it.
+    """
+    text = recipe.read_text()
+    own = re.findall(r"^([A-Za-z_][\w-]*):[ \t]*(.*?)[ \t]*(?:#.*)?$", text, flags=re.M)
+    keys: set[str] = set()
+    for key, value in own:
+        if key == "extends" and value:
+            base = Path(value.strip("'\""))
+            keys |= recipe_sections(base if base.is_absolute() else recipe.parent / base)
+    for key, value in own:
+        if value in ("null", "~"):
+            keys.discard(key)
+        else:
+            keys.add(key)
+    return keys
+
+
+def _torchrun() -> str:
+    """torchrun beside this interpreter (a virtual environment), else the one on PATH."""
+    local = Path(sys.executable).with_name("torchrun")
+    return str(local) if local.exists() else "torchrun"
+
+
+def build_plan(
+    *, scale: str, nproc: int = 1, results: str | None = None, python: str | None = None
+) -> tuple[list[Stage], list[str]]:
+    """Every stage of a scale, in order.
+
+    Args:
+        scale: ``tiny`` (recipes/tiny, CPU) or ``paper`` (recipes/paper, CUDA, torchrun).
+        nproc: processes per node for the paper scale's training stages.
+        results: the results directory (default ``results/<scale>``).
+        python: the interpreter (default: this one).
+
+    Returns:
+        (the stages, notes on the stages left out because their recipe section is absent).
+    """
+    python = python or sys.executable
+    results = results or f"results/{scale}"
+    recipes, runs = f"recipes/{scale}", f"runs/{scale}"
+    base = f"{recipes}/default.yaml" if scale == "tiny" else f"{recipes}/pipeline.yaml"
+    exp1 = f"{recipes}/exp1_latent_analysis.yaml"
+    exp6 = f"{recipes}/exp6_meanflow_vs_tvm.yaml"
+    paper = scale == "paper"
+    # The paper recipes are CUDA recipes: bf16 autocast, as their headers run them.
+    compute = ("--precision", "bf16") if paper else ()
+    plain = (python, "-m", "diladiff_cli")
+    launch = (_torchrun(), f"--nproc_per_node={nproc}", "-m", "diladiff_cli") if paper else plain
+
+    planned: list[tuple[Stage, str, tuple[str, ...]]] = []  # (stage, recipe, sections it needs)
+
+    def cli(name: str, cmd: str, recipe: str, *args: str, needs: Sequence[str], dist=True) -> None:
+        argv = (*(launch if dist else plain), cmd, recipe, *args)
+        planned.append((Stage(name, argv), recipe, tuple(needs)))
+
+    cli("prepare", "prepare", base, needs=["data"], dist=False)
+    cli("train-mdlm", "train-mdlm", base, *compute, needs=["mdlm"])
+    cli("train-judge", "train-judge", base, *compute, needs=["judge"])
+    cli("train-ae", "train-ae", base, *compute, needs=["ae"])
+    cli("encode", "encode", base, *compute, needs=["ae"])
+    if paper:
+        sample = ("--split", "train", "--limit", str(PAPER_TRAIN_LATENTS))
+        cli("encode-train-sample", "encode", base, *sample, *compute, needs=["ae"])
+    cli("train-prior", "train-prior", base, *compute, needs=["prior"])
+    cli("distill", "distill", base, *compute, needs=["distill"])
+    students = [f"{runs}/diladiff.pt"]
+    for label, args, out in STUDENTS:
+        students.append(f"{runs}/{out}")
+        cli(f"distill-{label}", "distill", exp6, *args, "--out", students[-1], *compute,
+            needs=["distill"])  # fmt: skip
+
+    analysis = f"{results}/exp1_latent_analysis/analysis"
+    argv = (python, "scripts/ae_report.py", "--recipe", exp1,
+            "--out-md", f"{analysis}.md", "--out-json", f"{analysis}.json")  # fmt: skip
+    inputs = (f"{runs}/ae.pt", f"{runs}/mdlm.pt")
+    planned.append((Stage("latent-analysis", argv, "script", f"{analysis}.json", inputs), exp1,
+                    ("ae", "mdlm")))  # fmt: skip
+
+    quality = f"{results}/prior_quality"
+    argv = (python, "scripts/prior_report.py", "--prior", f"{runs}/ladiff.pt",
+            *(a for s in students for a in ("--student", s)), "--latents", f"{runs}/latents",
+            "--out", f"{quality}.md", "--json", f"{quality}.json",
+            *(("--device", "cuda") if paper else ()))  # fmt: skip
+    inputs = (f"{runs}/ladiff.pt", *students, f"{runs}/latents")
+    planned.append((Stage("prior-quality", argv, "script", f"{quality}.json", inputs), base,
+                    ("prior", "distill")))  # fmt: skip
+
+    sweep = ("--device", "cuda", "--precision", "bf16") if paper else ()
+    for exp in EXPERIMENTS:
+        out = f"{results}/{exp}"
+        cli(f"pareto-{exp.split('_')[0]}", "pareto", f"{recipes}/{exp}.yaml", "--out", out,
+            *sweep, needs=["pareto"], dist=False)  # fmt: skip
+
+    argv = (python, "scripts/report.py", "--scale", scale, "--results", results)
+    planned.append((Stage("report", argv, "report"), base, ()))
+
+    stages, notes = [], []
+    for stage, recipe, needs in planned:
+        missing = sorted(set(needs) - recipe_sections(ROOT / recipe))
+        if missing:
+            notes.append(f"{stage.name}: left out, {recipe} has no '{missing[0]}' section")
+        else:
+            stages.append(stage)
+    return stages, notes
+
+
+def select(stages: list[Stage], only: str | None) -> list[Stage]:
+    """The stages named in ``--only`` (comma-separated; ``pareto`` means every sweep)."""
+    if not only:
+        return stages
+    names = {s.name for s in stages}
+    wanted = {w.strip() for w in only.split(",") if w.strip()}
+    unknown = sorted(w for w in wanted if w not in names and w != "pareto")
+    if unknown:
+        raise ValueError(
+            f"unknown stage '{unknown[0]}'; stages: {', '.join(s.name for s in stages)}"
+        )
+    return [
+        s
+        for s in stages
+        if s.name in wanted or ("pareto" in wanted and s.name.startswith("pareto-"))
+    ]
+
+
+def display(argv: Sequence[str]) -> str:
+    """The command as a shell line, paths under the repository relative to it."""
+
+    def short(arg: str) -> str:
+        path = Path(arg)
+        if path.is_absolute() and path.is_relative_to(ROOT):
+            return str(path.relative_to(ROOT))
+        return arg
+
+    return shlex.join(short(a) for a in argv)
+
+
+# ----------------------------------------------------------------------------- skip rules
+
+
+def newest_mtime(path: Path) -> int | None:
+    """A file's mtime (ns); for a directory, the newest of the files under it (None: absent)."""
+    if path.is_file():
+        return path.stat().st_mtime_ns
+    if path.is_dir():
+        times = [p.stat().st_mtime_ns for p in path.rglob("*") if p.is_file()]
+        return max(times) if times else None
+    return None
+
+
+def is_up_to_date(output: str | Path, inputs: Iterable[str | Path]) -> bool:
+    """Whether a script stage's ``output`` exists and is newer than every one of its
+    ``inputs`` (a missing input: not up to date, so that the stage runs and says why)."""
+    out = Path(output)
+    if not out.is_file():
+        return False
+    stamps = [newest_mtime(Path(p)) for p in inputs]
+    if any(s is None for s in stamps):
+        return False
+    return all(out.stat().st_mtime_ns > s for s in stamps)
+
+
+def last_json(lines: Sequence[str]) -> dict[str, Any] | None:
+    """The JSON object a CLI command prints last (``{`` alone on a line, to the end)."""
+    for i in range(len(lines) - 1, -1, -1):
+        if lines[i].rstrip() == "{":
+            try:
+                value = json.loads("".join(lines[i:]))
+            except json.JSONDecodeError:
+                continue
+            return value if isinstance(value, dict) else None
+    return None
+
+
+def found_done(record: dict[str, Any] | None) -> bool:
+    """Whether a CLI stage's JSON result says that its work was already done."""
+    if not record:
+        return False
+    if record.get("skipped") is True:  # train-mdlm / -ae / -prior, distill: complete checkpoint
+        return True
+    if record.get("reused") is True:  # prepare: the blocks on disk are up to date
+        return True
+    if record.get("skipped_training") is True:  # train-judge
+        return True
+    if record.get("cells_run") == 0:  # pareto: every cell cached
+        return True
+    latents = record.get("latents")  # encode: every shard of every split already on disk
+    return bool(latents) and all(isinstance(r, dict) and r.get("encoded") == 0 for r in latents)
+
+
+# ----------------------------------------------------------------------------- timings
+
+
+def now() -> str:
+    return datetime.datetime.now().astimezone().isoformat(timespec="seconds")
+
+
+def read_timings(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        return {"stages": {}}
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError:
+        return {"stages": {}}
+    data.setdefault("stages", {})
+    return data
+
+
+def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
+    """Write to a temporary file beside ``path``, then rename it over ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(
+        "w", dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False
+    ) as f:
+        json.dump(data, f, indent=2)
+        f.write("\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(f.name, path)
+
+
+def timing_entry(
+    earlier: dict[str, Any] | None,
+    *,
+    command: str,
+    returncode: int,
+    seconds: float,
+    skipped: bool,
+    when: str,
+) -> dict[str, Any]:
+    """The ``timings.json`` entry of a stage that just ran (or was skipped).
+
+    A skipped stage keeps the seconds and the date of the earlier run that did the work,
+    with this run's check under ``checked``; without such a run, this run's own.
+    """
+    entry = {
+        "command": command,
+        "returncode": returncode,
+        "seconds": round(seconds, 3),
+        "when": when,
+        "skipped": skipped,
+    }
+    if not skipped:
+        return entry
+    check = {"when": when, "seconds": round(seconds, 3)}
+    if earlier and earlier.get("returncode") == 0 and "seconds" in earlier:
+        return {
+            **entry,
+            "seconds": earlier["seconds"],
+            "when": earlier.get("when"),
+            "checked": check,
+        }
+    return {**entry, "checked": check, "note": "done before any timed run"}
+
+
+def git_commit() -> str:
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return head + (" (uncommitted changes)" if dirty else "")
+
+
+def conditions(*, scale: str, nproc: int) -> dict[str, Any]:
+    return {
+        "started": now(),
+        "scale": scale,
+        "nproc": nproc,
+        "cpu_count": os.cpu_count(),
+        "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "git_commit": git_commit(),
+    }
+
+
+# ----------------------------------------------------------------------------- running
+
+
+@dataclass(frozen=True)
+class Outcome:
+    returncode: int
+    seconds: float
+    skipped: bool
+
+
+def run_stage(stage: Stage, *, force: bool, env: dict[str, str]) -> Outcome:
+    """Run one stage from the repository root, its stdout echoed as it comes."""
+    if stage.kind == "script" and not force:
+        if is_up_to_date(ROOT / stage.output, [ROOT / p for p in stage.inputs]):
+            return Outcome(0, 0.0, True)
+    t0 = time.perf_counter()
+    tail: deque[str] = deque(maxlen=5000)
+    try:
+        proc = subprocess.Popen(stage.argv, cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True)
+    except OSError as err:
+        print(f"error: {stage.name}: cannot start {stage.argv[0]}: {err.strerror}", file=sys.stderr)
+        return Outcome(127, time.perf_counter() - t0, False)
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            sys.stdout.write(line)
+            sys.stdout.flush()
+            tail.append(line)
+        returncode = proc.wait()
+    except KeyboardInterrupt:
+        proc.wait()  # the child got the same Ctrl-C and saves what it can
+        returncode = 130
+    if returncode < 0:  # killed by a signal
+        returncode = 128 - returncode
+    seconds = time.perf_counter() - t0
+    skipped = stage.kind == "cli" and returncode == 0 and found_done(last_json(list(tail)))
+    return Outcome(returncode, seconds, skipped)
+
+
+def run_plan(
+    stages: list[Stage],
+    *,
+    timings_path: Path,
+    run_conditions: dict[str, Any],
+    force: bool = False,
+    console: Console | None = None,
+    env: dict[str, str] | None = None,
+) -> int:
+    """Run the stages in order; stop at the first failure.
+
+    Returns:
+        0, or the exit code of the stage that failed.
+    """
+    console = console or Console(highlight=False)
+    env = {**(env if env is not None else os.environ), "PYTHONUNBUFFERED": "1"}
+    timings = read_timings(timings_path)
+    timings["conditions"] = run_conditions
+    write_json_atomic(timings_path, timings)
+    total = 0.0
+    for i, stage in enumerate(stages, 1):
+        command = display(stage.argv)
+        console.print(Text.assemble((f"[{i}/{len(stages)}] {stage.name}", "bold"), f": {command}"))
+        outcome = run_stage(stage, force=force, env=env)
+        total += outcome.seconds
+        timings["stages"][stage.name] = timing_entry(
+            timings["stages"].get(stage.name),
+            command=command,
+            returncode=outcome.returncode,
+            seconds=outcome.seconds,
+            skipped=outcome.skipped,
+            when=now(),
+        )
+        write_json_atomic(timings_path, timings)
+        if outcome.returncode != 0:
+            what = (
+                "interrupted"
+                if outcome.returncode == 130
+                else f"failed (exit {outcome.returncode})"
+            )
+            console.print(Text(f"✗ {stage.name:<24} {outcome.seconds:8.1f} s  {what}", "red"))
+            print(
+                f"error: stage '{stage.name}' {what}; run the same command again to continue "
+                f"from it: {command}",
+                file=sys.stderr,
+            )
+            return outcome.returncode
+        status = "skipped (up to date)" if outcome.skipped else "done"
+        console.print(Text(f"✓ {stage.name:<24} {outcome.seconds:8.1f} s  {status}", "green"))
+    plural = "s" if len(stages) != 1 else ""
+    console.print(f"{len(stages)} stage{plural} in {total:.1f} s; timings in {timings_path}")
+    return 0
+
+
+def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        epilog="Stages: "
+        + ", ".join(s.name for s in build_plan(scale="tiny")[0])
+        + " (paper: no train-judge, plus encode-train-sample).",
+    )
+    p.add_argument("--scale", choices=SCALES, default="tiny")
+    p.add_argument(
+        "--nproc",
+        type=int,
+        default=1,
+        help="paper scale: processes per node for torchrun (the training stages)",
+    )
+    p.add_argument(
+        "--only", default=None, help="comma-separated stages to run (pareto: every sweep)"
+    )
+    p.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
+    p.add_argument("--results", default=None, help="results directory (default results/<scale>)")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="rerun the script stages (latent-analysis, prior-quality) even when "
+        "their records are up to date",
+    )
+    return p.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse(argv)
+    if args.nproc < 1 or (args.scale == "tiny" and args.nproc != 1):
+        print(
+            "error: --nproc must be 1 at the tiny scale (one process) and >= 1 at the paper scale",
+            file=sys.stderr,
+        )
+        return 2
+    results = args.results or f"results/{args.scale}"
+    stages, notes = build_plan(scale=args.scale, nproc=args.nproc, results=results)
+    try:
+        stages = select(stages, args.only)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if args.dry_run:
+        print(f"# scale {args.scale}, results {results}, from {ROOT}")
+        for note in notes:
+            print(f"# {note}")
+        for stage in stages:
+            print(f"{stage.name:<24} {display(stage.argv)}")
+        return 0
+    env = dict(os.environ)
+    if args.scale == "tiny":  # the embedded default never touches the hub
+        env.setdefault("HF_HUB_OFFLINE", "1")
+        env.setdefault("HF_DATASETS_OFFLINE", "1")
+    results_dir = Path(results) if Path(results).is_absolute() else ROOT / results
+    try:
+        return run_plan(
+            stages,
+            timings_path=results_dir / "timings.json",
+            run_conditions=conditions(scale=args.scale, nproc=args.nproc),
+            force=args.force,
+            env=env,
+        )
+    except KeyboardInterrupt:  # between two stages
+        print("error: interrupted; run the same command again to continue", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

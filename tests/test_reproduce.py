@@ -1,0 +1,397 @@
+"""scripts/reproduce.py (the whole pipeline, make-style, timed) and scripts/report.py
+(REPORT.md from the results): the stage plans of both scales against the recipes, the
+skip rules, timings that keep the run that did the work, and a report on synthetic
+results whose verdicts follow from the numbers."""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from _clikit import documented_commands
+
+from diladiff_cli.config import load_recipe
+from diladiff_cli.pareto import CSV_COLUMNS
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _load(name: str):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # report.py imports reproduce by name
+    spec.loader.exec_module(module)
+    return module
+
+
+reproduce = _load("reproduce")
+report = _load("report")
+
+TINY_ORDER = [
+    "prepare", "train-mdlm", "train-judge", "train-ae", "encode", "train-prior", "distill",
+    "distill-meanflow-ln11", "distill-tvm-ln11", "distill-tvm-ln12", "latent-analysis",
+    "prior-quality", "pareto-exp2", "pareto-exp3", "pareto-exp4", "pareto-exp5", "pareto-exp6",
+    "report",
+]  # fmt: skip
+PAPER_ORDER = [
+    "prepare", "train-mdlm", "train-ae", "encode", "encode-train-sample", "train-prior",
+    "distill", "distill-meanflow-ln11", "distill-tvm-ln11", "distill-tvm-ln12",
+    "latent-analysis", "prior-quality", "pareto-exp2", "pareto-exp3", "pareto-exp4",
+    "pareto-exp5", "pareto-exp6", "report",
+]  # fmt: skip
+
+
+def _dry_run(*args: str) -> list[tuple[str, str]]:
+    proc = subprocess.run(
+        [sys.executable, "scripts/reproduce.py", "--dry-run", *args],
+        cwd=ROOT, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    lines = [line for line in proc.stdout.splitlines() if line and not line.startswith("#")]
+    return [tuple(line.split(None, 1)) for line in lines]
+
+
+def _after_module(argv: tuple[str, ...]) -> list[str]:
+    """A CLI stage's arguments from the subcommand on."""
+    return list(argv[argv.index("diladiff_cli") + 1 :])
+
+
+# ----------------------------------------------------------------------------- the plans
+
+
+def test_dry_run_tiny_lists_every_stage_in_order():
+    plan = _dry_run()
+    assert [name for name, _ in plan] == TINY_ORDER
+    commands = dict(plan)
+    for name in ("prepare", "train-mdlm", "train-judge", "train-ae", "encode", "train-prior"):
+        assert commands[name].endswith(f"-m diladiff_cli {name} recipes/tiny/default.yaml")
+    assert commands["distill"].endswith("-m diladiff_cli distill recipes/tiny/default.yaml")
+    assert "torchrun" not in " ".join(commands.values())
+    for i, exp in enumerate(reproduce.EXPERIMENTS, 2):
+        assert commands[f"pareto-exp{i}"].endswith(
+            f"pareto recipes/tiny/{exp}.yaml --out results/tiny/{exp}"
+        )
+    assert commands["latent-analysis"].endswith(
+        "scripts/ae_report.py --recipe recipes/tiny/exp1_latent_analysis.yaml "
+        "--out-md results/tiny/exp1_latent_analysis/analysis.md "
+        "--out-json results/tiny/exp1_latent_analysis/analysis.json"
+    )
+    assert commands["report"].endswith("scripts/report.py --scale tiny --results results/tiny")
+
+
+def test_dry_run_paper_uses_torchrun_and_drops_the_judge():
+    plan = _dry_run("--scale", "paper", "--nproc", "8", "--results", "out/p")
+    assert [name for name, _ in plan] == PAPER_ORDER
+    commands = dict(plan)
+    assert commands["prepare"].endswith("-m diladiff_cli prepare recipes/paper/pipeline.yaml")
+    for name in ("train-mdlm", "train-ae", "encode", "train-prior", "distill"):
+        assert "torchrun --nproc_per_node=8 -m diladiff_cli" in commands[name]
+        assert f"{name} recipes/paper/pipeline.yaml --precision bf16" in commands[name]
+    assert commands["pareto-exp5"].endswith(
+        "pareto recipes/paper/exp5_diladiff_frontier.yaml --out out/p/exp5_diladiff_frontier "
+        "--device cuda --precision bf16"
+    )
+    assert "--json out/p/prior_quality.json" in commands["prior-quality"]
+
+
+@pytest.mark.parametrize("scale", ["tiny", "paper"])
+def test_commands_are_the_ones_the_recipe_headers_document(scale):
+    stages, _ = reproduce.build_plan(scale=scale, nproc=8)
+    cli = {s.name: _after_module(s.argv) for s in stages if "diladiff_cli" in s.argv}
+    exp6 = ROOT / "recipes" / scale / "exp6_meanflow_vs_tvm.yaml"
+    students = [c for c in documented_commands(exp6) if c[0] == "distill"]
+    mine = [cli[f"distill-{label}"] for label, _, _ in reproduce.STUDENTS]
+    assert sorted(map(tuple, mine)) == sorted(set(map(tuple, students)))
+    if scale == "paper":  # pipeline.yaml's header runs every training stage so
+        documented = documented_commands(ROOT / "recipes/paper/pipeline.yaml")
+        for name in ("prepare", "train-mdlm", "train-ae", "encode", "train-prior", "distill"):
+            assert cli[name] in documented, name
+
+
+@pytest.mark.parametrize("scale", ["tiny", "paper"])
+def test_the_script_stages_read_what_the_recipes_write(scale):
+    stages = {s.name: s for s in reproduce.build_plan(scale=scale)[0]}
+    base = ROOT / "recipes" / scale / ("default.yaml" if scale == "tiny" else "pipeline.yaml")
+    r = load_recipe(base)
+    exp6 = load_recipe(ROOT / "recipes" / scale / "exp6_meanflow_vs_tvm.yaml").pareto
+    students = {exp6.checkpoints[k] for k in exp6.checkpoints if k.startswith("diladiff/")}
+    assert set(stages["latent-analysis"].inputs) == {r.ae.out, r.mdlm.out}
+    assert set(stages["prior-quality"].inputs) == {r.prior.out, r.encode.out, *students}
+    assert r.distill.out in students
+
+
+def test_only_selects_and_rejects_unknown_names():
+    stages, _ = reproduce.build_plan(scale="tiny")
+    names = [s.name for s in reproduce.select(stages, "pareto,report,train-ae")]
+    assert names == ["train-ae", "pareto-exp2", "pareto-exp3", "pareto-exp4", "pareto-exp5",
+                     "pareto-exp6", "report"]  # fmt: skip
+    with pytest.raises(ValueError, match="unknown stage 'train'"):
+        reproduce.select(stages, "train")
+
+
+def test_recipe_sections_follow_extends(tmp_path):
+    (tmp_path / "base.yaml").write_text("data:\n  x: 1\njudge:\n  y: 2\n# ae: commented\n")
+    (tmp_path / "child.yaml").write_text("extends: base.yaml\njudge: null\nprior:  # c\n  a: 1\n")
+    assert reproduce.recipe_sections(tmp_path / "child.yaml") == {"data", "extends", "prior"}
+
+
+# ----------------------------------------------------------------------------- skip rules
+
+
+def test_script_stage_skip_rule_compares_mtimes(tmp_path):
+    ckpt, latents, out = tmp_path / "ladiff.pt", tmp_path / "latents", tmp_path / "q.json"
+    ckpt.write_text("w")
+    (latents / "valid").mkdir(parents=True)
+    (latents / "valid" / "index.json").write_text("{}")
+    os.utime(ckpt, ns=(1_000_000_000, 1_000_000_000))
+    os.utime(latents / "valid" / "index.json", ns=(2_000_000_000, 2_000_000_000))
+    assert not reproduce.is_up_to_date(out, [ckpt, latents])  # no output yet
+    out.write_text("{}")
+    os.utime(out, ns=(3_000_000_000, 3_000_000_000))
+    assert reproduce.is_up_to_date(out, [ckpt, latents])
+    os.utime(latents / "valid" / "index.json", ns=(4_000_000_000, 4_000_000_000))
+    assert not reproduce.is_up_to_date(out, [ckpt, latents])  # a newer file in the directory
+    os.utime(out, ns=(5_000_000_000, 5_000_000_000))
+    assert reproduce.is_up_to_date(out, [ckpt, latents])
+    assert not reproduce.is_up_to_date(out, [ckpt, tmp_path / "missing.pt"])
+
+
+def test_found_done_reads_each_commands_json():
+    assert reproduce.found_done({"checkpoint": "a.pt", "step": 400, "skipped": True})
+    assert not reproduce.found_done({"checkpoint": "a.pt", "step": 400, "skipped": False})
+    assert reproduce.found_done({"reused": True, "out_dir": "d"})
+    assert reproduce.found_done({"skipped_training": True})
+    assert reproduce.found_done({"cells_run": 0, "cells_cached": 10})
+    assert not reproduce.found_done({"cells_run": 2, "cells_cached": 8})
+    assert reproduce.found_done({"latents": [{"encoded": 0}, {"encoded": 0}]})
+    assert not reproduce.found_done({"latents": [{"encoded": 0}, {"encoded": 3}]})
+    lines = ["noise\n", "{\n", '  "a": {\n', '    "skipped": true\n', "  },\n", '  "b": 1\n', "}\n"]
+    assert reproduce.last_json(lines) == {"a": {"skipped": True}, "b": 1}
+
+
+def _stage(name: str, code: str, **kw) -> object:
+    return reproduce.Stage(name, (sys.executable, "-c", code), **kw)
+
+
+def test_timings_keep_the_run_that_did_the_work(tmp_path, capsys):
+    timings = tmp_path / "timings.json"
+    out, ckpt = tmp_path / "record.json", tmp_path / "in.pt"
+    ckpt.write_text("w")
+    write = f"import pathlib, time; time.sleep(0.3); pathlib.Path({str(out)!r}).write_text('{{}}')"
+    done = "import json; print(json.dumps({'skipped': True}, indent=2))"
+    work = "import json; print(json.dumps({'skipped': False}, indent=2))"
+    first = [
+        _stage("script", write, kind="script", output=str(out), inputs=(str(ckpt),)),
+        _stage("train", work),
+    ]
+    run = dict(timings_path=timings, run_conditions={"scale": "test"})
+    assert reproduce.run_plan(first, **run) == 0
+    t1 = json.loads(timings.read_text())["stages"]
+    assert t1["script"]["skipped"] is False and t1["script"]["seconds"] >= 0.3
+    assert t1["train"]["skipped"] is False and t1["train"]["returncode"] == 0
+
+    second = [first[0], _stage("train", done)]  # the script's record is newer than its input
+    assert reproduce.run_plan(second, **run) == 0
+    t2 = json.loads(timings.read_text())
+    for name in ("script", "train"):
+        entry = t2["stages"][name]
+        assert entry["skipped"] is True
+        assert (entry["seconds"], entry["when"]) == (t1[name]["seconds"], t1[name]["when"])
+        assert "checked" in entry
+    assert t2["conditions"] == {"scale": "test"}
+    assert "skipped (up to date)" in capsys.readouterr().out
+
+    assert reproduce.run_plan(second, force=True, **run) == 0  # --force reruns the script
+    assert json.loads(timings.read_text())["stages"]["script"]["skipped"] is False
+
+
+def test_a_failing_stage_stops_the_run_with_its_code(tmp_path, capsys):
+    timings = tmp_path / "timings.json"
+    marker = tmp_path / "never"
+    stages = [
+        _stage("ok", "pass"),
+        _stage("broken", "import sys; sys.exit(3)"),
+        _stage("after", f"open({str(marker)!r}, 'w')"),
+    ]
+    code = reproduce.run_plan(stages, timings_path=timings, run_conditions={})
+    assert code == 3 and not marker.exists()
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [err[0]] and err[0].startswith("error: stage 'broken' failed (exit 3)")
+    entries = json.loads(timings.read_text())["stages"]
+    assert entries["broken"]["returncode"] == 3 and "after" not in entries
+
+
+def test_timing_entry_without_an_earlier_run():
+    entry = reproduce.timing_entry(
+        None, command="c", returncode=0, seconds=0.0, skipped=True, when="now"
+    )
+    assert entry["seconds"] == 0.0 and entry["note"] == "done before any timed run"
+
+
+# ----------------------------------------------------------------------------- report
+
+
+def _row(model, ndisc, *, mauve, genppl, seconds, ncont=0, selection="random",
+         temperature=1.0, distill="", entropy=4.0, latent_share=0.0):  # fmt: skip
+    row = {k: "" for k in CSV_COLUMNS}
+    row.update(model=model, ncont=ncont, ndisc=ndisc, selection=selection,
+               temperature=temperature, distill=distill, num_samples=64, forward_passes=ndisc,
+               forward_passes_latent=ncont, tokens_per_forward=128 / ndisc, genppl=genppl,
+               mauve=mauve, entropy=entropy, seconds_per_sample=seconds,
+               latent_share=latent_share, genppl_floor=170.0, judge_valid_ppl=150.0,
+               reference_entropy=4.3, device="cpu (1 threads)",
+               cell=f"{model}-nc{ncont}-nd{ndisc}")  # fmt: skip
+    return row
+
+
+def _write_sweep(directory: Path, rows: list[dict], *, mauve_real: float = 0.97) -> None:
+    directory.mkdir(parents=True)
+    with (directory / "pareto.csv").open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(CSV_COLUMNS))
+        writer.writeheader()
+        writer.writerows(rows)
+    floor = {"genppl": 171.5, "entropy": 4.28, "num_references": 64, "mauve_real": mauve_real,
+             "scorer_valid_ppl": 170.25}  # fmt: skip
+    (directory / "floor.json").write_text(json.dumps({"key": "k", "floor": floor}))
+
+
+def _synthetic_results(results: Path) -> None:
+    # Experiment 5: at every quality level LaDiff costs half of MDLM's seconds, DiLaDiff a
+    # quarter (same MAUVE and GenPPL per Ndisc, costs in ratio): speed-ups 2x and 4x exactly.
+    ndiscs, mauves, ppls = (4, 8, 16, 32), (0.1, 0.2, 0.4, 0.8), (800.0, 400.0, 200.0, 100.0)
+    shares = (0.10, 0.06, 0.03, 0.01)  # DiLaDiff: mean 5.0 %, 6.0 % at Ndisc = 128 / 16 = 8
+    rows = []
+    for i, (n, m, p) in enumerate(zip(ndiscs, mauves, ppls, strict=True)):
+        cost = 2.0**i
+        rows.append(_row("mdlm", n, mauve=m, genppl=p, seconds=cost))
+        rows.append(_row("ladiff", n, mauve=m, genppl=p, seconds=cost / 2, ncont=200,
+                         latent_share=0.5))  # fmt: skip
+        rows.append(_row("diladiff", n, mauve=m, genppl=p, seconds=cost / 4, ncont=5,
+                         latent_share=shares[i]))  # fmt: skip
+    _write_sweep(results / "exp5_diladiff_frontier", rows)
+    # Experiment 2: LaDiff's MAUVE 0.2 below MDLM's at Ndisc 16 (noise ε = 0.03).
+    rows = [_row("mdlm", n, mauve=0.5, genppl=300.0, seconds=1.0) for n in (8, 16)]
+    rows += [_row("ladiff", 8, mauve=0.6, genppl=250.0, seconds=1.0, ncont=200),
+             _row("ladiff", 16, mauve=0.3, genppl=250.0, seconds=1.0, ncont=200)]  # fmt: skip
+    _write_sweep(results / "exp2_ladiff_vs_mdlm", rows)
+    # Experiment 4: every confidence-random gap within ε = 0.03 -> inconclusive.
+    rows = [
+        _row(model, n, mauve=0.5 + (0.01 if sel == "confidence" else 0.0), genppl=300.0,
+             seconds=1.0, selection=sel, ncont=0 if model == "mdlm" else 200)
+        for model in ("mdlm", "ladiff") for n in (8, 16) for sel in ("random", "confidence")
+    ]  # fmt: skip
+    _write_sweep(results / "exp4_token_selection", rows)
+    stages = {
+        "prepare": {"command": "c", "returncode": 0, "seconds": 100.0, "when": "t0",
+                    "skipped": False},
+        "train-mdlm": {"command": "c", "returncode": 0, "seconds": 1300.0, "when": "t0",
+                       "skipped": True, "checked": {"when": "t1", "seconds": 2.0}},
+        "report": {"command": "c", "returncode": 0, "seconds": 5.0, "when": "t0",
+                   "skipped": False},
+    }  # fmt: skip
+    timings = {"conditions": {"omp_num_threads": "1", "cpu_count": 2}, "stages": stages}
+    (results / "timings.json").write_text(json.dumps(timings))
+
+
+def _sections(text: str) -> dict[int, str]:
+    parts = text.split("\n## Experiment ")[1:]
+    return {int(p[0]): p.split("\n## ")[0] for p in parts}
+
+
+def test_report_on_synthetic_results(tmp_path):
+    results = tmp_path / "results"
+    _synthetic_results(results)
+    assert report.main(["--scale", "tiny", "--results", str(results)]) == 0
+    text = (results / "REPORT.md").read_text()
+    head = text.split("## Stage wall times")[0]
+    assert "DiLaDiff vs MDLM, seconds per sample: at equal MAUVE **4.00x**" in head
+    assert "at equal GenPPL **4.00x**" in head
+    assert "LaDiff vs MDLM, seconds per sample: at equal MAUVE **2.00x**" in head
+    assert "5.0 % on average over its Ndisc, 6.0 % at Ndisc = L/16 = 8" in head
+    assert "| **total** | **1400 s (23.3 min)** |" in text  # the report's own line left out
+    assert "over the 20-min budget" in text
+    assert "| 170.2 | 171.5 | 4.28 | 0.97 | 64 |" in text  # judge, floor, entropy, MAUVE
+
+    sections = _sections(text)
+    assert sorted(sections) == [1, 2, 3, 4, 5, 6]
+    for i, body in sections.items():
+        verdicts = [line for line in body.splitlines() if line.startswith("**Verdict")]
+        assert len(verdicts) == (0 if i in (1, 3, 6) else 1), (i, body)
+        if i in (1, 3, 6):
+            assert "Not run:" in body
+    verdict = {i: next(x for x in s.splitlines() if x.startswith("**Verdict")) for i, s in
+               sections.items() if i in (2, 4, 5)}  # fmt: skip
+    assert verdict[2].startswith("**Verdict: not supported.**")
+    assert "Ndisc 16: -0.200" in verdict[2] and "ε = 1 - MAUVE(real, real) = 0.030" in verdict[2]
+    assert verdict[4].startswith("**Verdict: inconclusive.**")
+    assert verdict[5].startswith("**Verdict: supported.**") and "Measured: 5.0 %." in verdict[5]
+    assert "Not run: no `prior_quality.json`" in text
+
+
+def test_report_with_nothing_run(tmp_path):
+    results = tmp_path / "empty"
+    results.mkdir()
+    assert report.main(["--scale", "paper", "--results", str(results)]) == 0
+    text = (results / "REPORT.md").read_text()
+    assert text.count("Not run") == 10  # headline, timings, floor, 6 experiments, prior
+    assert "Verdict" not in text
+
+
+def test_report_latent_temperature_and_distillation_sections(tmp_path):
+    results = tmp_path / "results"
+    results.mkdir()
+    (results / "exp1_latent_analysis").mkdir()
+    curve = [{"t": t, "vs_t0_decode": a, "vs_ground_truth": b}
+             for t, a, b in ((0.0, 0.9, 0.6), (0.5, 0.7, 0.55), (1.0, 0.5, 0.5))]  # fmt: skip
+    analysis = {
+        "nelbo": {"z": 2.5, "null": 4.0, "mdlm": 4.1, "blocks": 64},
+        "reconstruction": [
+            {"ndisc": 8, "selection": "random", "model": m, "token_accuracy": acc,
+             "bertscore_f1": f1}
+            for m, acc, f1 in (("AE, encoder z", 0.8, 0.9), ("AE, null latent", 0.1, 0.3))
+        ],
+        "latent_analysis": {"blocks": 32, "ndisc": 8, "curve": curve, "intra_pool": 0.8,
+                            "inter_pool": 0.5, "ground_truth_vs_other_block": 0.4},
+    }  # fmt: skip
+    (results / "exp1_latent_analysis" / "analysis.json").write_text(json.dumps(analysis))
+    # Experiment 3: from T = 1 to 0.5 MDLM loses 0.4 MAUVE and 1.3 nats, LaDiff 0.05 and 0.1.
+    rows = []
+    for model, top, low in (("mdlm", (0.5, 4.3), (0.1, 3.0)), ("ladiff", (0.6, 4.3), (0.55, 4.2))):
+        for temp, (mauve, entropy) in ((1.0, top), (0.5, low)):
+            rows.append(_row(model, 16, mauve=mauve, genppl=200.0, seconds=1.0, entropy=entropy,
+                             temperature=temp, ncont=0 if model == "mdlm" else 200))  # fmt: skip
+    _write_sweep(results / "exp3_temperature", rows)
+    # Experiment 6: every student beats the teacher by >= 0.15 at Ncont <= 5, but MeanFlow
+    # and TVM differ by 0.1 (> ε) with LogitNormal(-1, 2) at Ncont = 5.
+    rows = [_row("ladiff", 16, mauve=m, genppl=200.0, seconds=1.0, ncont=n)
+            for n, m in ((1, 0.1), (5, 0.3), (200, 0.6))]  # fmt: skip
+    for label in ("meanflow-ln11", "meanflow-ln12", "tvm-ln11", "tvm-ln12"):
+        for n, m in ((1, 0.5), (5, 0.45 if label == "tvm-ln12" else 0.55)):
+            rows.append(_row("diladiff", 16, mauve=m, genppl=200.0, seconds=1.0, ncont=n,
+                             distill=label))  # fmt: skip
+    _write_sweep(results / "exp6_meanflow_vs_tvm", rows)
+    (results / "prior_quality.json").write_text((ROOT / "docs" / "prior.json").read_text())
+
+    assert report.main(["--results", str(results)]) == 0
+    text = (results / "REPORT.md").read_text()
+    sections = _sections(text)
+    verdict = {i: [x for x in s.splitlines() if x.startswith("**Verdict")] for i, s in
+               sections.items()}  # fmt: skip
+    assert [len(verdict[i]) for i in range(1, 7)] == [1, 0, 1, 0, 0, 1]
+    assert verdict[1][0].startswith("**Verdict: supported.**")
+    assert "intra - inter = +0.300" in verdict[1][0]
+    assert verdict[3][0].startswith("**Verdict: supported.**")
+    assert "MAUVE drop MDLM +0.400, LaDiff +0.050" in verdict[3][0]
+    assert verdict[6][0].startswith("**Verdict: mixed.**")
+    assert "Objectives agree: *not supported*" in verdict[6][0]
+    assert "largest gap +0.100 (ln12@5)" in verdict[6][0]
+    assert "Beat the teacher: *supported*" in verdict[6][0]
+    assert "smallest margin +0.150 (tvm-ln12@5)" in verdict[6][0]
+    assert "- student 1 (meanflow, diladiff.pt): 383 vs 329, within the seed noise: no" in text
+    assert "Not run: no `exp5_diladiff_frontier/pareto.csv`" in text  # the headline
