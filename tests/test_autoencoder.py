@@ -37,6 +37,7 @@ from diladiff_cli.models.autoencoder import (
     Autoencoder,
     Corruption,
     CrossAttentionLayer,
+    FrozenEncoder,
     LatentDecoder,
 )
 from diladiff_cli.models.dit import DiT
@@ -284,6 +285,21 @@ def test_evaluation_reports_the_null_latent_nelbo_on_the_same_noise(tiny_env):
         )(model, batch, _ctx())
     assert float(out["nelbo_null"]) == pytest.approx(float(null.metrics["nelbo"]), rel=1e-6)
     assert float(out["z_gain"]) != 0.0
+
+
+def test_middle_layer_encoder_runs_only_the_layers_it_needs(tiny_env):
+    from transformers import AutoModel
+
+    full = AutoModel.from_pretrained(tiny_env.bert).eval()
+    ids = torch.randint(1000, 2000, (2, 9))
+    mask = torch.ones(2, 9, dtype=torch.bool)
+    mask[1, 6:] = False
+    with torch.no_grad():
+        want = full(input_ids=ids, attention_mask=mask.long(), output_hidden_states=True)
+    for layer, runs in ((1, 1), (-2, 1), (2, 2), (-1, 2), (0, 2)):
+        enc = FrozenEncoder(model=AutoModel.from_pretrained(tiny_env.bert), layer=layer)
+        assert len(enc.model.encoder.layer) == runs, layer
+        torch.testing.assert_close(enc(ids, mask), want.hidden_states[layer], rtol=0, atol=1e-6)
 
 
 def test_encoder_is_frozen_and_gets_no_gradient(tiny_env):

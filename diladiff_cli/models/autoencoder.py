@@ -55,6 +55,13 @@ class FrozenEncoder(nn.Module):
         self.hidden_size = int(config.hidden_size)
         self.max_positions = int(getattr(config, "max_position_embeddings", 0) or 0)
         self._last = layer in (-1, n)
+        # A middle layer of a BERT-style encoder: the layers above it never run (its
+        # output is then the last hidden state, the same numbers at a fraction of the cost).
+        keep = layer % (n + 1)
+        stack = getattr(getattr(model, "encoder", None), "layer", None)
+        if not self._last and keep > 0 and isinstance(stack, nn.ModuleList):
+            model.encoder.layer = stack[:keep]
+            self._last = True
 
     def train(self, mode: bool = True) -> FrozenEncoder:
         """Always eval mode: the encoder is frozen, its dropout stays off."""
