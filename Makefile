@@ -38,8 +38,12 @@ test: lint
 reproduce: setup
 	$(OFFLINE) $(BIN)/python scripts/reproduce.py --scale $(SCALE) --nproc $(NPROC)
 
+# Every stage's training throughput and sampling speed on this machine's device, appended
+# to docs/benchmarks.md and docs/benchmarks.json. BENCH_ARGS passes options, e.g.
+# BENCH_ARGS="--device cuda --compile" or "--random-init" (python scripts/bench.py --help).
+BENCH_ARGS ?=
 bench: setup
-	$(OFFLINE) $(BIN)/python scripts/bench_mdlm.py --recipe $(RECIPE)
+	$(OFFLINE) $(BIN)/python scripts/bench.py --recipe $(RECIPE) $(BENCH_ARGS)
 
 clean:
 	rm -rf runs

@@ -1,5 +1,9 @@
 """Benchmark the MDLM stage and append the figures to docs/benchmarks.md.
 
+`make bench` runs scripts/bench.py (every stage's throughput and sampling speed); this older
+script is kept for what that one does not measure: the trained MDLM's validation NELBO over
+the whole split and one sample's text.
+
 What it measures, on whatever device it runs:
 
 * training throughput (tokens/s) of the recipe's MDLM through the real training loop;

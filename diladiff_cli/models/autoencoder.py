@@ -121,6 +121,7 @@ class CrossAttentionLayer(nn.Module):
         super().__init__()
         self.num_latents = num_latents
         self.register_buffer("slopes", locality_slopes(locality, heads), persistent=False)
+        self.local = locality > 0  # a Python flag: no host-device sync in forward
         self.norm = RMSNorm(dim=hidden)
         self.norm_z = RMSNorm(dim=latent_dim)
         self.attn = Attention(dim=hidden, context_dim=latent_dim, heads=heads, zero_init=True)
@@ -140,7 +141,7 @@ class CrossAttentionLayer(nn.Module):
             )
         x = (self.norm(h) + self.query_pos[:length]).to(h.dtype)  # (B, L, d)
         bias = None
-        if bool(self.slopes.any()):
+        if self.local:
             n = self.num_latents
             pos = (torch.arange(length, device=h.device, dtype=torch.float32) + 0.5) * n / length
             dist = pos[:, None] - (torch.arange(n, device=h.device, dtype=torch.float32) + 0.5)

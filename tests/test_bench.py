@@ -1,0 +1,138 @@
+"""scripts/bench.py --quick on a micro recipe with every stage: random init when the
+recipe's checkpoints are missing, the checkpoints once they exist; the markdown section and
+the JSON record hold every training stage and every sampler at every Ndisc with positive
+figures; a second run appends instead of overwriting."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from _ae_tiny import build_bert, build_data
+
+from diladiff_cli.config import load_recipe
+from diladiff_cli.errors import DiladiffError
+
+ROOT = Path(__file__).resolve().parent.parent
+MICRO = Path(__file__).parent / "recipes" / "micro.yaml"
+TRAIN_STAGES = ["mdlm", "ae", "ae-cached", "prior", "distill-meanflow", "distill-tvm"]
+
+
+def bench_module():
+    spec = importlib.util.spec_from_file_location("bench", ROOT / "scripts" / "bench.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["bench"] = module  # dataclasses look their module up by name
+    spec.loader.exec_module(module)
+    return module
+
+
+def micro_recipe(root: Path) -> Path:
+    """micro.yaml plus seconds-scale ae / prior / distill sections; no checkpoint exists."""
+    _, info = build_data(root)
+    bert = build_bert(root)
+    small_train = {"steps": 2, "batch_size": 4, "lr": 0.001}
+    recipe = {
+        "extends": str(MICRO),
+        "data": {"out": info.out_dir, "seq_len": info.seq_len},
+        "mdlm": {"out": str(root / "mdlm.pt")},
+        "ae": {
+            "out": str(root / "ae.pt"),
+            "encoder": {"name": str(bert), "max_len": 48},
+            "compressor": {"num_latents": 4, "latent_dim": 8, "width": 32, "depth": 1, "heads": 2},
+            "decoder": {"base": str(root / "mdlm.pt"), "cross_attn_after": [0, 1]},
+            "augment": {"embed_noise": 0.5, "latent_mask": 0.3, "latent_dropout": 0.2},
+            "train": small_train,
+        },
+        "prior": {
+            "out": str(root / "ladiff.pt"),
+            "latents": None,
+            "autoencoder": str(root / "ae.pt"),
+            "model": {"num_latents": 4, "latent_dim": 8, "hidden": 16, "depth": 1, "heads": 2},
+            "train": small_train,
+        },
+        "distill": {
+            "teacher": str(root / "ladiff.pt"),
+            "out": str(root / "diladiff.pt"),
+            "train": small_train,
+        },
+    }
+    path = root / "bench.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    return path
+
+
+def bench(*args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    return subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "bench.py"), *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+
+
+def test_quick_bench_reports_every_stage(tmp_path):
+    recipe = micro_recipe(tmp_path)
+    out = tmp_path / "docs" / "bench.md"
+    args = ["--recipe", str(recipe), "--quick", "--device", "cpu", "--threads", "1"]
+    args += ["--ncont-ladiff", "10", "--out", str(out)]
+    done = bench(*args)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+    runs = json.loads(out.with_suffix(".json").read_text())
+    assert len(runs) == 1
+    run = runs[0]
+    assert run["trained_checkpoints"] is False and "random" in run["weights"]
+    assert run["device"].startswith("CPU") and run["threads"] == 1
+    assert run["torch"] and run["git"]
+    assert [f["stage"] for f in run["train"]] == TRAIN_STAGES
+    for f in run["train"]:
+        assert f["steps"] == 2 and f["batch"] == 4 and f["seconds"] > 0, f
+        assert f["steps_per_s"] > 0 and f["tokens_per_s"] > 0 and f["dense_params"] > 0, f
+        assert (f["latents_per_s"] is not None) == f["stage"].startswith(("prior", "distill"))
+        assert f["mfu"] is None  # CPU: no peak figure
+        assert f["loss"] == f["loss"], f  # finite: not NaN
+    seq_len, ncont = 32, {"mdlm": 0, "ladiff": 10, "diladiff": 5}
+    cells = {(f["model"], f["ndisc"]) for f in run["sample"]}
+    assert cells == {(m, n) for m in ("mdlm", "ladiff", "diladiff") for n in (2, 8, seq_len)}
+    for f in run["sample"]:
+        assert f["seconds_per_sample"] > 0 and f["tokens_per_s"] > 0, f
+        assert f["tokens_per_s"] == seq_len / f["seconds_per_sample"]
+        assert (f["latent_share"] > 0) == (f["model"] != "mdlm"), f
+        assert f["ncont"] == ncont[f["model"]]
+        assert f["timing"]["latent_share"] == f["latent_share"]
+
+    text = out.read_text()
+    assert text.startswith("# Benchmarks")
+    assert f"on {run['device']}" in text and "random initialisation" in text
+    for stage in TRAIN_STAGES:
+        assert f"\n| {stage} | " in text
+    for model in ("mdlm", "ladiff", "diladiff"):
+        assert text.count(f"\n| {model} | {ncont[model]} | ") == 3
+
+    # The recipe's checkpoints now exist (random ones, in the stages' formats): a second
+    # run uses them by default, trains on random tokens where no data is prepared, and
+    # appends a section and a record.
+    bench_module().random_checkpoints(load_recipe(recipe), tmp_path)
+    absent = f"data.out={tmp_path / 'absent'}"
+    again = bench(*args, "--stages", "mdlm,ae,sample", "--set", absent)
+    assert again.returncode == 0, again.stderr[-3000:]
+    runs = json.loads(out.with_suffix(".json").read_text())
+    assert len(runs) == 2 and runs[1]["trained_checkpoints"] is True
+    assert runs[1]["data"].startswith("random tokens")
+    assert [f["stage"] for f in runs[1]["train"]] == ["mdlm", "ae", "ae-cached"]
+    assert all(f["tokens_per_s"] > 0 for f in runs[1]["train"]) and len(runs[1]["sample"]) == 9
+    assert out.read_text().startswith(text) and out.read_text().count("\n## ") == 2
+
+
+def test_use_checkpoints_refuses_missing_ones(tmp_path):
+    recipe = load_recipe(MICRO, [f"mdlm.out={tmp_path / 'none.pt'}"])
+    with pytest.raises(DiladiffError, match="missing .*none.pt"):
+        bench_module().resolve_weights(recipe, "checkpoints", tmp_path)
