@@ -225,8 +225,13 @@ def sample_cell(
     runtime: Runtime,
     precision: Precision,
     autoencoder: str | None = None,
+    latent_cache: Path | None = None,
 ) -> Path:
     """Draw one cell's samples and write them (JSONL + ``.meta.json`` timing record).
+
+    Hybrid cells keep their latents in ``latent_cache`` (see :func:`sample_hybrid`):
+    cells that differ only in the discrete stage draw z once, and each still reports
+    the latent stage's measured seconds.
 
     The one place where a model name meets its sampler: LaDiff and DiLaDiff plug
     in here (and in :data:`SAMPLERS`).
@@ -269,6 +274,7 @@ def sample_cell(
             settings=settings,
             runtime=runtime,
             precision=precision,
+            latent_cache=latent_cache,
         )
         write_samples(result, out)
         return out
@@ -957,6 +963,7 @@ def run_sweep(
                 out=samples,
                 runtime=runtime,
                 precision=precision,
+                latent_cache=work / "latents",
                 **sampling,
             )
         log(f"{tag}: evaluating")

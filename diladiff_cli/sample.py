@@ -193,6 +193,49 @@ def sample_mdlm(
     return SampleResult(texts=texts, tokens=tokens, timing=timing, settings=settings, info=info)
 
 
+def _latent_cache_file(directory: str | Path, sha: str, ncont: int, seed: int, size: int) -> Path:
+    return Path(directory) / f"{sha[:16]}-nc{ncont}-seed{seed}-n{size}.safetensors"
+
+
+def _cached_latents(
+    directory: str | Path | None, sha: str, ncont: int, seed: int, size: int
+) -> tuple[torch.Tensor, float, int] | None:
+    """A batch of latents kept by :func:`_store_latents`, or None."""
+    if directory is None:
+        return None
+    path = _latent_cache_file(directory, sha, ncont, seed, size)
+    if not path.is_file():
+        return None
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata() or {}
+        z = f.get_tensor("latents")
+    return z, float(meta["seconds"]), int(meta["forward_passes"])
+
+
+def _store_latents(
+    directory: str | Path | None,
+    sha: str,
+    ncont: int,
+    seed: int,
+    z: torch.Tensor,
+    seconds: float,
+    passes: int,
+) -> None:
+    if directory is None:
+        return
+    import safetensors.torch
+
+    from diladiff_cli.checkpoint import atomic_write_bytes
+
+    meta = {"seconds": repr(float(seconds)), "forward_passes": str(int(passes))}
+    path = _latent_cache_file(directory, sha, ncont, seed, z.shape[0])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = safetensors.torch.save({"latents": z.detach().cpu().contiguous()}, metadata=meta)
+    atomic_write_bytes(path, data)
+
+
 def sample_hybrid(
     *,
     autoencoder: str | Path,
@@ -202,6 +245,7 @@ def sample_hybrid(
     runtime: Runtime,
     precision: Precision = "fp32",
     reporter: Reporter | None = None,
+    latent_cache: str | Path | None = None,
 ) -> SampleResult:
     """Latent first, then tokens: draw z (prior or student), decode it with the
     autoencoder's latent-conditioned MDLM over ``settings.ndisc`` steps.
@@ -215,6 +259,11 @@ def sample_hybrid(
         runtime: device.
         precision: decoder autocast precision (the latent ODE always runs in float32).
         reporter: progress sink.
+        latent_cache: a directory where each batch of latents is kept, keyed by the
+            latent checkpoint's sha256, ncont, seed and size, with the seconds and
+            forward passes measured when it was drawn. A sweep over discrete settings
+            (Ndisc, selection, temperature) then draws each z once; the timing record
+            still carries the latent stage's measured cost. None: no cache.
 
     Raises:
         DiladiffError: a latent model trained on another autoencoder's latents, ncont < 1.
@@ -225,9 +274,14 @@ def sample_hybrid(
     device = runtime.device
     loaded = load_autoencoder(autoencoder, device=device)
     latent = None
+    latent_sha = ""
     if latent_model is not None:
         latent = load_latent_model(latent_model, device=device)
         check_autoencoder(latent, autoencoder)
+        if latent_cache is not None:
+            from diladiff_cli.latents import file_sha256
+
+            latent_sha = file_sha256(latent_model)
     n_batches = -(-settings.num_samples // settings.batch_size)
     tokens, passes, latent_passes = [], [], []
     seconds_latent = seconds_discrete = 0.0
@@ -239,17 +293,19 @@ def sample_hybrid(
             size = min(settings.batch_size, settings.num_samples - b * settings.batch_size)
             z = None
             if latent is not None:
-                drawn = sample_latents(
-                    latent,
-                    num_samples=size,
-                    ncont=ncont,
-                    batch_size=size,
-                    seed=settings.seed * 100003 + b,
-                    device=device,
-                )
-                z, ncont = drawn.latents, drawn.ncont
-                seconds_latent += drawn.seconds
-                latent_passes.append(drawn.forward_passes)
+                ncont = latent.ncont if ncont is None else ncont
+                seed = settings.seed * 100003 + b
+                cached = _cached_latents(latent_cache, latent_sha, ncont, seed, size)
+                if cached is None:
+                    drawn = sample_latents(
+                        latent, num_samples=size, ncont=ncont, batch_size=size, seed=seed,
+                        device=device,
+                    )  # fmt: skip
+                    cached = (drawn.latents, drawn.seconds, drawn.forward_passes)
+                    _store_latents(latent_cache, latent_sha, ncont, seed, *cached)
+                z = cached[0].to(device)
+                seconds_latent += cached[1]
+                latent_passes.append(cached[2])
             gen = torch.Generator(device=device).manual_seed(settings.seed * 100003 + b)
             _sync(device)
             t0 = time.perf_counter()

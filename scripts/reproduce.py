@@ -170,8 +170,11 @@ def build_plan(
             needs=["distill"])  # fmt: skip
 
     analysis = f"{results}/exp1_latent_analysis/analysis"
+    # The tiny budget (20 min on 2 cores): fewer held-out blocks than the script's defaults.
+    light = () if paper else ("--blocks", "32", "--nelbo-batches", "4", "--analysis-blocks", "16",
+                              "--bench-steps", "0")  # fmt: skip
     argv = (python, "scripts/ae_report.py", "--recipe", exp1,
-            "--out-md", f"{analysis}.md", "--out-json", f"{analysis}.json")  # fmt: skip
+            "--out-md", f"{analysis}.md", "--out-json", f"{analysis}.json", *light)  # fmt: skip
     inputs = (f"{runs}/ae.pt", f"{runs}/mdlm.pt")
     planned.append((Stage("latent-analysis", argv, "script", f"{analysis}.json", inputs), exp1,
                     ("ae", "mdlm")))  # fmt: skip
@@ -180,7 +183,7 @@ def build_plan(
     argv = (python, "scripts/prior_report.py", "--prior", f"{runs}/ladiff.pt",
             *(a for s in students for a in ("--student", s)), "--latents", f"{runs}/latents",
             "--out", f"{quality}.md", "--json", f"{quality}.json",
-            *(("--device", "cuda") if paper else ()))  # fmt: skip
+            *(("--device", "cuda") if paper else ("--num-samples", "128", "--seeds", "2")))  # fmt: skip
     inputs = (f"{runs}/ladiff.pt", *students, f"{runs}/latents")
     planned.append((Stage("prior-quality", argv, "script", f"{quality}.json", inputs), base,
                     ("prior", "distill")))  # fmt: skip

@@ -78,6 +78,45 @@ def test_null_latent_is_the_mdlm_baseline(trained_ae):  # noqa: F811
     assert result.timing.seconds_latent == 0 and result.timing.forward_passes_latent == 0
 
 
+def test_latent_cache_draws_each_z_once_and_keeps_its_measured_cost(
+    latent_models,
+    trained_ae,  # noqa: F811
+    tmp_path,
+):
+    runtime = init_runtime("cpu")
+    cache = tmp_path / "latents"
+
+    def draw(settings):
+        return sample_hybrid(
+            autoencoder=trained_ae,
+            latent_model=latent_models[0],
+            ncont=3,
+            settings=settings,
+            runtime=runtime,
+            latent_cache=cache,
+        )
+
+    first = draw(SETTINGS)
+    files = sorted(cache.iterdir())
+    assert len(files) == 2  # one per batch (3 samples in batches of 2)
+    stamps = [f.stat().st_mtime_ns for f in files]
+    again = draw(dataclasses.replace(SETTINGS, ndisc=2))  # another discrete setting
+    assert [f.stat().st_mtime_ns for f in sorted(cache.iterdir())] == stamps  # not redrawn
+    assert again.timing.seconds_latent == first.timing.seconds_latent  # the measured cost
+    assert again.timing.forward_passes_latent == first.timing.forward_passes_latent
+    plain = sample_hybrid(
+        autoencoder=trained_ae,
+        latent_model=latent_models[0],
+        ncont=3,
+        settings=SETTINGS,
+        runtime=runtime,
+    )
+    assert plain.tokens.tolist() == first.tokens.tolist()  # the cache changes no sample
+    assert draw(SETTINGS).tokens.tolist() == first.tokens.tolist()
+    draw(dataclasses.replace(SETTINGS, seed=1))
+    assert len(list(cache.iterdir())) == 4  # another seed: other latents
+
+
 def test_pareto_mdlm_cell_on_an_autoencoder_decodes_with_the_null_latent(trained_ae, tmp_path):  # noqa: F811
     from diladiff_cli.pareto import Cell, sample_cell
 
