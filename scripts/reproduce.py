@@ -171,7 +171,7 @@ def build_plan(
 
     analysis = f"{results}/exp1_latent_analysis/analysis"
     # The tiny budget (20 min on 2 cores): fewer held-out blocks than the script's defaults.
-    light = () if paper else ("--blocks", "32", "--nelbo-batches", "4", "--analysis-blocks", "16",
+    light = () if paper else ("--blocks", "24", "--nelbo-batches", "4", "--analysis-blocks", "12",
                               "--bench-steps", "0")  # fmt: skip
     argv = (python, "scripts/ae_report.py", "--recipe", exp1,
             "--out-md", f"{analysis}.md", "--out-json", f"{analysis}.json", *light)  # fmt: skip
@@ -183,7 +183,8 @@ def build_plan(
     argv = (python, "scripts/prior_report.py", "--prior", f"{runs}/ladiff.pt",
             *(a for s in students for a in ("--student", s)), "--latents", f"{runs}/latents",
             "--out", f"{quality}.md", "--json", f"{quality}.json",
-            *(("--device", "cuda") if paper else ("--num-samples", "128", "--seeds", "2")))  # fmt: skip
+            *(("--device", "cuda") if paper else ("--num-samples", "96", "--seeds", "2", "--teacher-runs",
+                                                   "euler:5,heun:5,heun:20,heun:200")))  # fmt: skip
     inputs = (f"{runs}/ladiff.pt", *students, f"{runs}/latents")
     planned.append((Stage("prior-quality", argv, "script", f"{quality}.json", inputs), base,
                     ("prior", "distill")))  # fmt: skip

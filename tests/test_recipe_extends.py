@@ -183,11 +183,11 @@ def cells_of(name: str) -> set[Cell]:
 
 def test_tiny_experiment_grids():
     lad = {c for c in cells_of("exp2") if c.model == "ladiff"}
-    assert {c.ndisc for c in lad} == {4, 8, 16, 32} and {c.ncont for c in lad} == {200}
+    assert {c.ndisc for c in lad} == {4, 8, 16} and {c.ncont for c in lad} == {200}
     assert {c.model for c in cells_of("exp2")} == {"mdlm", "ladiff"}
-    assert {c.temperature for c in cells_of("exp3")} == {0.5, 0.7, 0.85, 1.0}
+    assert {c.temperature for c in cells_of("exp3")} == {0.7, 1.0}
     assert {(c.selection, c.ndisc) for c in cells_of("exp4") if c.model == "mdlm"} == {
-        (s, n) for s in ("random", "confidence") for n in (4, 8, 16, 32)
+        (s, n) for s in ("random", "confidence") for n in (4, 8)
     }
     assert {(c.model, c.ncont) for c in cells_of("exp5")} == {
         ("mdlm", 0),
@@ -201,7 +201,7 @@ def test_tiny_experiment_grids():
         "tvm-ln11",
         "tvm-ln12",
     }
-    assert {c.ncont for c in students} == {1, 5, 20} and {c.ndisc for c in students} == {16}
+    assert {c.ncont for c in students} == {1, 5} and {c.ndisc for c in students} == {8}
     exp6 = load_recipe([p for p in TINY_EXPERIMENTS if p.name.startswith("exp6")][0])
     # the default distill section (MeanFlow, LogitNormal(-1, 2)) is the meanflow-ln12 student
     assert exp6.pareto.checkpoints["diladiff/meanflow-ln12"] == exp6.distill.out

@@ -81,7 +81,7 @@ def test_dry_run_tiny_lists_every_stage_in_order():
         "scripts/ae_report.py --recipe recipes/tiny/exp1_latent_analysis.yaml "
         "--out-md results/tiny/exp1_latent_analysis/analysis.md "
         "--out-json results/tiny/exp1_latent_analysis/analysis.json "
-        "--blocks 32 --nelbo-batches 4 --analysis-blocks 16 --bench-steps 0"
+        "--blocks 24 --nelbo-batches 4 --analysis-blocks 12 --bench-steps 0"
     )
     assert commands["report"].endswith("scripts/report.py --scale tiny --results results/tiny")
 
