@@ -1,7 +1,9 @@
 """Paper-scale recipes: every one validates with --dry-run and states the paper's settings,
-every command their headers document validates, and the MDLM stages run shrunk on CPU
-through the same code path, with local stand-ins for the hub parts (a local text corpus,
-the real GPT-2 tokenizer files, an MDLM checkpoint directory with the released names)."""
+every command their headers document validates, and the whole pipeline and every
+experiment's sweep run shrunk on CPU through the same code path, with local stand-ins for
+the hub parts (a local text corpus, the real GPT-2 tokenizer files, an MDLM checkpoint
+directory with the released names, a random BERT with the real WordPiece for
+bert-base-uncased, a random GPT-2 for gpt2-large)."""
 
 from __future__ import annotations
 
@@ -217,3 +219,116 @@ def test_paper_mdlm_runs_shrunk(recipe, tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     rows = (tmp_path / "runs/paper/samples/mdlm_T1024.jsonl").read_text().splitlines()
     assert len(rows) == 2
+
+
+def tiny_gpt2_dir(root: Path, tokenizer_dir: Path) -> Path:
+    """A random one-layer GPT-2 with the real GPT-2 tokenizer: the stand-in for gpt2-large
+    (GenPPL scorer and MAUVE features)."""
+    from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
+
+    target = root / "gpt2-standin"
+    torch.manual_seed(0)
+    config = GPT2Config(n_layer=1, n_embd=16, n_head=2, n_positions=64, vocab_size=50257)
+    GPT2LMHeadModel(config).save_pretrained(target)
+    AutoTokenizer.from_pretrained(tokenizer_dir).save_pretrained(target)
+    return target
+
+
+def shrunk_pipeline(tmp_path: Path) -> list[str]:
+    """``--set`` overrides that shrink the paper pipeline to seconds on local stand-ins."""
+    from _ae_tiny import build_bert
+
+    corpus = tmp_path / "owt_standin.jsonl"
+    texts = [
+        f"Document {i}: the quick brown fox jumps over the lazy dog {i} times, then rests."
+        for i in range(200)
+    ]
+    corpus.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
+    gpt2 = gpt2_tokenizer_dir(tmp_path)
+    small = DiTConfig(vocab_size=50258, hidden=16, depth=1, heads=2, cond_dim=8, max_len=32)
+    fake_released_mdlm(tmp_path / "mdlm-owt", small)
+    scorer = tiny_gpt2_dir(tmp_path, gpt2)
+    trainer = ["batch_size=4", "micro_batch_size=2", "eval_batches=1", "compile=false"]
+    shrink = [
+        f"data.corpus.source={corpus}",
+        "data.corpus.valid_fraction=0.2",
+        f"data.tokenizer.name={gpt2}",
+        "data.seq_len=32",
+        "data.num_proc=1",
+        f"mdlm.init_from={tmp_path / 'mdlm-owt'}",
+        *(f"mdlm.model.{k}" for k in ("hidden=16", "depth=1", "heads=2", "cond_dim=8")),
+        "mdlm.model.max_len=32",
+        "mdlm.train.steps=2",
+        *(f"{stage}.train.{kv}" for stage in ("mdlm", "ae", "prior", "distill") for kv in trainer),
+        f"ae.encoder.name={build_bert(tmp_path)}",  # a random BERT with the real WordPiece
+        "ae.encoder.max_len=64",
+        "ae.encoder.stats_batches=1",
+        *(f"ae.compressor.{k}" for k in ("num_latents=4", "latent_dim=8", "width=16")),
+        *(f"ae.compressor.{k}" for k in ("depth=1", "heads=2")),
+        "ae.decoder.cross_attn_after=[0]",
+        "ae.decoder.cross_attn_heads=2",
+        "ae.latent_stats_batches=1",
+        "ae.train.steps=2",
+        "ae.train.eval_every=0",
+        "encode.batch_size=4",
+        "encode.shard_size=8",
+        *(f"prior.model.{k}" for k in ("num_latents=4", "latent_dim=8", "hidden=16")),
+        *(f"prior.model.{k}" for k in ("depth=1", "heads=2", "cond_dim=8")),
+        "prior.train.steps=2",
+        "prior.train.eval_every=0",
+        "distill.train.steps=2",
+        f"eval.scorer.name={scorer}",
+        "eval.scorer.context=32",
+        "eval.scorer.batch_size=4",
+        f"eval.mauve.features={scorer}",
+        "eval.mauve.max_length=32",
+        "eval.mauve.batch_size=4",
+        "eval.mauve.num_clusters=2",
+        "pareto.num_samples=8",
+        "pareto.batch_size=8",
+    ]
+    return [x for s in shrink for x in ("--set", s)]
+
+
+def test_paper_pipeline_and_experiments_run_shrunk(tmp_path, monkeypatch):
+    """Every stage of recipes/paper/pipeline.yaml, then the sweep of each paper experiment
+    (its models, selections, temperatures and students; Ndisc and Ncont shrunk). In this
+    process (the subprocess path is the MDLM test's), from tmp_path as the working dir."""
+    sets = shrunk_pipeline(tmp_path)
+    monkeypatch.chdir(tmp_path)
+
+    def run(*args: str) -> None:
+        result = invoke(*args)
+        assert result.exit_code == 0, f"{args[0]}: {result.output[-2000:]}"
+
+    for command in ("prepare", "train-mdlm", "train-ae", "encode", "train-prior", "distill"):
+        run(command, str(PIPELINE), *sets)
+    runs = tmp_path / "runs" / "paper"
+    assert {"mdlm.pt", "ae.pt", "ladiff.pt", "diladiff.pt"} <= {p.name for p in runs.iterdir()}
+    for recipe in EXPERIMENTS:
+        r = load_recipe(recipe)
+        if not r.pareto.out.endswith(recipe.stem):
+            continue  # experiment 1 is the latent analysis (scripts/ae_report.py), no sweep
+        grids = [
+            {
+                "name": g.name,
+                "models": list(g.models),
+                "ndisc": [4],
+                "ncont": [2] if set(g.models) & set(HYBRID) else [0],
+                "selection": list(g.selection),
+                "temperature": list(g.temperature)[:2],
+                "distill": list(g.distill),
+            }
+            for g in r.pareto.grids
+        ]
+        students = [
+            ("--set", f"pareto.checkpoints.{key}={runs / 'diladiff.pt'}")
+            for key in r.pareto.checkpoints
+            if key.startswith("diladiff/")
+        ]
+        out = tmp_path / "results" / recipe.stem
+        extra = [*sets, "--set", f"pareto.grids={json.dumps(grids)}", "--out", str(out)]
+        run("pareto", str(recipe), *extra, *(x for s in students for x in s))
+        rows = (out / "pareto.csv").read_text().splitlines()
+        models = {g for grid in grids for g in grid["models"]}
+        assert {row.split(",")[0] for row in rows[1:]} == models, recipe.name
