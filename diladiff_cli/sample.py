@@ -19,6 +19,7 @@ Output of one call, both written atomically:
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from dataclasses import asdict, dataclass, field
@@ -194,7 +195,7 @@ def sample_mdlm(
 
 
 def _latent_cache_file(directory: str | Path, sha: str, ncont: int, seed: int, size: int) -> Path:
-    return Path(directory) / f"{sha[:16]}-nc{ncont}-seed{seed}-n{size}.safetensors"
+    return Path(directory) / f"{sha}-nc{ncont}-seed{seed}-n{size}.safetensors"
 
 
 def _cached_latents(
@@ -260,7 +261,7 @@ def sample_hybrid(
         precision: decoder autocast precision (the latent ODE always runs in float32).
         reporter: progress sink.
         latent_cache: a directory where each batch of latents is kept, keyed by the
-            latent checkpoint's sha256, ncont, seed and size, with the seconds and
+            latent checkpoint's sha256, the device, ncont, seed and size, with the seconds and
             forward passes measured when it was drawn. A sweep over discrete settings
             (Ndisc, selection, temperature) then draws each z once; the timing record
             still carries the latent stage's measured cost. None: no cache.
@@ -278,10 +279,11 @@ def sample_hybrid(
     if latent_model is not None:
         latent = load_latent_model(latent_model, device=device)
         check_autoencoder(latent, autoencoder)
-        if latent_cache is not None:
+        if latent_cache is not None:  # keyed by weights and device (the timing is the device's)
             from diladiff_cli.latents import file_sha256
 
-            latent_sha = file_sha256(latent_model)
+            device_key = hashlib.sha256(_device_name(device).encode()).hexdigest()[:8]
+            latent_sha = f"{file_sha256(latent_model)[:16]}-{device_key}"
     n_batches = -(-settings.num_samples // settings.batch_size)
     tokens, passes, latent_passes = [], [], []
     seconds_latent = seconds_discrete = 0.0
