@@ -377,7 +377,10 @@ def test_report_latent_temperature_and_distillation_sections(tmp_path):
             rows.append(_row("diladiff", 16, mauve=m, genppl=200.0, seconds=1.0, ncont=n,
                              distill=label))  # fmt: skip
     _write_sweep(results / "exp6_meanflow_vs_tvm", rows)
-    (results / "prior_quality.json").write_text((ROOT / "docs" / "prior.json").read_text())
+    # a prior_report.py record (the synthetic stand-in run of an earlier docs/prior.json)
+    (results / "prior_quality.json").write_text(
+        (ROOT / "tests" / "data" / "prior_quality.json").read_text()
+    )
 
     assert report.main(["--results", str(results)]) == 0
     text = (results / "REPORT.md").read_text()
