@@ -177,27 +177,35 @@ def fake_released_mdlm(path: Path, cfg: DiTConfig) -> None:
     )
 
 
-@pytest.mark.parametrize(
-    "recipe", [p for p in PAPER if p.name == "mdlm_owt.yaml"], ids=lambda p: p.name
-)
-def test_paper_mdlm_runs_shrunk(recipe, tmp_path):
+def shrunk_data_and_mdlm(tmp_path: Path) -> tuple[Path, list[str]]:
+    """The data and MDLM stand-ins (a local corpus, the real GPT-2 tokenizer files, a
+    released-style mdlm-owt directory): the tokenizer directory and their overrides."""
     corpus = tmp_path / "owt_standin.jsonl"
     texts = [
-        f"Document {i}: the quick brown fox jumps over the lazy dog {i} times." for i in range(60)
+        f"Document {i}: the quick brown fox jumps over the lazy dog {i} times, then rests."
+        for i in range(200)
     ]
     corpus.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
     gpt2 = gpt2_tokenizer_dir(tmp_path)
-    small = DiTConfig(
-        vocab_size=50258, hidden=16, depth=1, heads=2, cond_dim=8, max_len=32, dropout=0.1
-    )
+    small = DiTConfig(vocab_size=50258, hidden=16, depth=1, heads=2, cond_dim=8, max_len=32)
     fake_released_mdlm(tmp_path / "mdlm-owt", small)
-    shrink = [
+    return gpt2, [
         f"data.corpus.source={corpus}",
         "data.corpus.valid_fraction=0.2",
         f"data.tokenizer.name={gpt2}",
         "data.seq_len=32",
         "data.num_proc=1",
         f"mdlm.init_from={tmp_path / 'mdlm-owt'}",
+    ]
+
+
+@pytest.mark.parametrize(
+    "recipe", [p for p in PAPER if p.name == "mdlm_owt.yaml"], ids=lambda p: p.name
+)
+def test_paper_mdlm_runs_shrunk(recipe, tmp_path):
+    _, stand_ins = shrunk_data_and_mdlm(tmp_path)
+    shrink = [
+        *stand_ins,
         "mdlm.model.hidden=16",
         "mdlm.model.depth=1",
         "mdlm.model.heads=2",
@@ -238,24 +246,11 @@ def shrunk_pipeline(tmp_path: Path) -> list[str]:
     """``--set`` overrides that shrink the paper pipeline to seconds on local stand-ins."""
     from _ae_tiny import build_bert
 
-    corpus = tmp_path / "owt_standin.jsonl"
-    texts = [
-        f"Document {i}: the quick brown fox jumps over the lazy dog {i} times, then rests."
-        for i in range(200)
-    ]
-    corpus.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
-    gpt2 = gpt2_tokenizer_dir(tmp_path)
-    small = DiTConfig(vocab_size=50258, hidden=16, depth=1, heads=2, cond_dim=8, max_len=32)
-    fake_released_mdlm(tmp_path / "mdlm-owt", small)
+    gpt2, stand_ins = shrunk_data_and_mdlm(tmp_path)
     scorer = tiny_gpt2_dir(tmp_path, gpt2)
     trainer = ["batch_size=4", "micro_batch_size=2", "eval_batches=1", "compile=false"]
     shrink = [
-        f"data.corpus.source={corpus}",
-        "data.corpus.valid_fraction=0.2",
-        f"data.tokenizer.name={gpt2}",
-        "data.seq_len=32",
-        "data.num_proc=1",
-        f"mdlm.init_from={tmp_path / 'mdlm-owt'}",
+        *stand_ins,
         *(f"mdlm.model.{k}" for k in ("hidden=16", "depth=1", "heads=2", "cond_dim=8")),
         "mdlm.model.max_len=32",
         "mdlm.train.steps=2",
