@@ -826,8 +826,14 @@ def bench_sampling(weights: Weights, plan: Plan, runtime: Runtime) -> list[Sampl
     for name, ncont, run in runs:
         print(f"sample {name}: Ncont {ncont}, Ndisc {ndiscs}", file=sys.stderr)
         run(ndiscs[0])  # warm-up: allocator, kernels
-        figures += [_figure(run(ndisc), name, ncont) for ndisc in ndiscs]
+        figures += [_progress(_figure(run(ndisc), name, ncont)) for ndisc in ndiscs]
     return figures
+
+
+def _progress(figure: Any) -> Any:
+    """Print a finished figure as one JSON line on stderr (a long run shows what it has)."""
+    print(json.dumps(dataclasses.asdict(figure)), file=sys.stderr, flush=True)
+    return figure
 
 
 # ----------------------------------------------------------------------------- report
@@ -1031,27 +1037,29 @@ def run(
     """Every asked stage the recipe has; the JSON record of the run."""
     train_figures: list[TrainFigure] = []
     sample_figures: list[SampleFigure] = []
+
+    def keep(figure: TrainFigure) -> None:
+        train_figures.append(_progress(figure))
+
     with tempfile.TemporaryDirectory(prefix="diladiff-bench-weights-") as tmp:
         weights = resolve_weights(recipe, choice, Path(tmp))
         notes = list(weights.notes)
         if "mdlm" in stages:
-            train_figures.append(bench_mdlm(recipe, weights, plan, runtime))
+            keep(bench_mdlm(recipe, weights, plan, runtime))
         if weights.ae is None:
             notes.append(
                 "no `ae` section in the recipe: autoencoder, prior and distillation skipped"
             )
         elif "ae" in stages:
             for cached in (False, True):
-                train_figures.append(bench_ae(recipe, weights, plan, runtime, cached=cached))
+                keep(bench_ae(recipe, weights, plan, runtime, cached=cached))
         if weights.ae is not None and weights.prior is None:
             notes.append("no `prior` section in the recipe: prior and distillation skipped")
         if weights.prior is not None and "prior" in stages:
-            train_figures.append(bench_prior(recipe, weights, plan, runtime))
+            keep(bench_prior(recipe, weights, plan, runtime))
         if weights.student is not None and "distill" in stages:
             for objective in ("meanflow", "tvm"):
-                train_figures.append(
-                    bench_distill(recipe, weights, plan, runtime, objective=objective)
-                )
+                keep(bench_distill(recipe, weights, plan, runtime, objective=objective))
         if "sample" in stages:
             sample_figures = bench_sampling(weights, plan, runtime)
         if runtime.device.type == "cuda" and peak_flops(runtime.device) is None:
