@@ -55,7 +55,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from diladiff_cli import hub
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # a checkout, not installed
+
+from diladiff_cli import hub  # noqa: E402
 from diladiff_cli.ae import (
     AutoencoderLoss,
     CachedStates,

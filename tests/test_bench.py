@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from _ae_tiny import build_bert, build_data
 
@@ -136,3 +137,38 @@ def test_use_checkpoints_refuses_missing_ones(tmp_path):
     recipe = load_recipe(MICRO, [f"mdlm.out={tmp_path / 'none.pt'}"])
     with pytest.raises(DiladiffError, match="missing .*none.pt"):
         bench_module().resolve_weights(recipe, "checkpoints", tmp_path)
+
+
+def test_gpu_standins_pack_and_build_a_loadable_encoder(tmp_path):
+    """scripts/gpu_standins.py: the packed tokenizers are GPT-2's and the uncased WordPiece,
+    and the random BERT built from them loads as the autoencoder's frozen encoder."""
+    from transformers import AutoTokenizer
+
+    from diladiff_cli.ae import EncoderConfig, load_encoder
+
+    script = ROOT / "scripts" / "gpu_standins.py"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    pack = tmp_path / "carry"
+    subprocess.run([sys.executable, script, "pack", pack], check=True, env=env)
+    gpt2 = AutoTokenizer.from_pretrained(pack / "gpt2-tokenizer")
+    assert len(gpt2) == 50257 and gpt2.encode("Hello world") == [15496, 995]
+    assert len(AutoTokenizer.from_pretrained(pack / "uncased-wordpiece")) == 30522
+    out = tmp_path / "bert"
+    cmd = [
+        sys.executable,
+        script,
+        "bert",
+        pack,
+        out,
+        "--layers",
+        "2",
+        "--hidden",
+        "64",
+        "--heads",
+        "2",
+    ]
+    subprocess.run(cmd, check=True, env=env)
+    encoder, _ = load_encoder(
+        EncoderConfig(name=str(out), layer=-1, max_len=32), device=torch.device("cpu")
+    )
+    assert encoder.hidden_size == 64
