@@ -9,7 +9,10 @@ scores them; the result is cached as ``<out>/cells/<cell>-<hash>.json``, the
 hash covering the cell, the sampling settings, the checkpoint and the
 evaluation settings, so an interrupted sweep resumes where it stopped and a
 changed setting reruns only what it affects (samples are kept under
-``work_dir`` and reused when only the evaluation changed).
+``work_dir`` and reused when only the evaluation changed). Each evaluation record
+(``<work_dir>/scores/<hash>.json``) and real-text floor (``<work_dir>/floors/``) is
+kept there too, so sweeps that share a work_dir and a cell (the experiments of one
+scale) score it once.
 
 Outputs under ``out``: ``pareto.csv`` (one row per cell), ``pareto.md`` (the
 table, the judge and the real-text floor, the headline), ``floor.json`` and
@@ -966,8 +969,14 @@ def run_sweep(
                 latent_cache=work / "latents",
                 **sampling,
             )
-        log(f"{tag}: evaluating")
-        record = asdict(evaluator.evaluate(samples))
+        score_file = work / "scores" / f"{eval_key}.json"
+        if score_file.is_file():  # scored by another sweep over the same work_dir
+            log(f"{tag}: scored before")
+            record = json.loads(score_file.read_text())
+        else:
+            log(f"{tag}: evaluating")
+            record = asdict(evaluator.evaluate(samples))
+            atomic_write_text(score_file, json.dumps(record, indent=2) + "\n")
         row = make_row(cell, record)
         payload = {"cell": asdict(cell), "sample_key": sample_key, "row": row, "record": record}
         atomic_write_text(result_file, json.dumps(payload, indent=2) + "\n")
@@ -978,19 +987,21 @@ def run_sweep(
             f"{row['entropy']:.3f} tokens/fwd {row['tokens_per_forward']:.2f}"
         )
 
-    floor_file = out / "floor.json"
     floor_key = _digest({**eval_id, "num": cfg.num_samples})
     floor = None
-    if floor_file.is_file():
-        saved = json.loads(floor_file.read_text())
-        if saved.get("key") == floor_key:
-            floor = ReferenceFloor(**saved["floor"])
+    for floor_file in (out / "floor.json", work / "floors" / f"{floor_key}.json"):
+        if floor_file.is_file():
+            saved = json.loads(floor_file.read_text())
+            if saved.get("key") == floor_key:
+                floor = ReferenceFloor(**saved["floor"])
+                break
     if floor is None:
         log("real-text floor")
         floor = evaluator.floor(eval_cfg.num_references or cfg.num_samples)
-        atomic_write_text(
-            floor_file, json.dumps({"key": floor_key, "floor": asdict(floor)}, indent=2) + "\n"
-        )
+    text = json.dumps({"key": floor_key, "floor": asdict(floor)}, indent=2) + "\n"
+    for floor_file in (out / "floor.json", work / "floors" / f"{floor_key}.json"):
+        if not floor_file.is_file() or floor_file.read_text() != text:
+            atomic_write_text(floor_file, text)
 
     speedups = headline(rows, baseline=cfg.baseline, temperature=cfg.frontier_temperature)
     csv_path = write_csv(rows, out / "pareto.csv")

@@ -228,6 +228,39 @@ def test_sweep_resumes_without_redoing_finished_cells(setup, tmp_path, monkeypat
     assert again.rows == result.rows
 
 
+def test_sweeps_sharing_a_work_dir_score_each_shared_cell_once(setup, tmp_path, monkeypatch):
+    """Two experiments over one work_dir: the second samples nothing and scores only the
+    cells the first did not have; its shared rows and its floor equal the first's."""
+    cfg, eval_cfg = _sweep_cfg(setup, tmp_path / "exp_a")
+    cfg = dataclasses.replace(cfg, grids=(GridConfig(ndisc=(2, 4), selection=("random",)),))
+    runtime = init_runtime("cpu")
+    first = run_sweep(cfg=cfg, eval_cfg=eval_cfg, data_dir=setup["data"], runtime=runtime)
+    evaluated: list[str] = []
+    real_evaluate = pareto.Evaluator.evaluate
+
+    def counting(self, path):
+        evaluated.append(Path(path).name)
+        return real_evaluate(self, path)
+
+    def no_floor(self, num):
+        raise AssertionError("the floor was computed again")
+
+    monkeypatch.setattr(pareto.Evaluator, "evaluate", counting)
+    monkeypatch.setattr(pareto.Evaluator, "floor", no_floor)
+    other = dataclasses.replace(
+        cfg,
+        out=str(tmp_path / "exp_b"),  # another experiment, same work_dir
+        grids=(GridConfig(ndisc=(2, 8), selection=("random",)),),
+    )
+    second = run_sweep(cfg=other, eval_cfg=eval_cfg, data_dir=setup["data"], runtime=runtime)
+    assert len(evaluated) == 1 and evaluated[0].startswith("mdlm-nc0-nd8-")
+    assert second.rows[0] == first.rows[0]  # the shared Ndisc 2 cell
+    assert second.floor == first.floor
+    assert (tmp_path / "exp_b" / "floor.json").read_text() == (
+        tmp_path / "exp_a" / "floor.json"
+    ).read_text()
+
+
 def test_changed_evaluation_or_judge_reuses_the_samples(setup, tmp_path, monkeypatch):
     judge = tmp_path / "judge"
     shutil.copytree(setup["judge"], judge)
