@@ -40,6 +40,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from diladiff_cli.checkpoint import atomic_write_text  # noqa: E402
+from diladiff_cli.diffusion.latent import velocity_of  # noqa: E402
+from diladiff_cli.diffusion.meanflow import average_velocity  # noqa: E402
 from diladiff_cli.prior import (  # noqa: E402
     LatentModel,
     held_out_latents,
@@ -165,6 +167,38 @@ def floor(train: torch.Tensor, dist: Distances, args) -> Row:
     )  # fmt: skip
 
 
+@torch.no_grad()
+def teacher_path(teacher: LatentModel, noise: torch.Tensor, *, steps: int, substeps: int):
+    """The teacher's ODE state at each point of the ``steps``-step uniform grid, each
+    interval integrated by ``substeps`` Heun steps (an Euler step onto t = 0)."""
+    v = velocity_of(teacher.model, teacher.flow)
+    grid = torch.linspace(1.0, 0.0, steps + 1).tolist()
+    states, z = [noise], noise
+    for hi, lo in zip(grid[:-1], grid[1:], strict=True):
+        times = torch.linspace(hi, lo, substeps + 1).tolist()
+        for t, r in zip(times[:-1], times[1:], strict=True):
+            tt, rr = (torch.full((len(z),), x, device=z.device) for x in (t, r))
+            d1 = v(z, tt)
+            z_euler = z - (t - r) * d1
+            z = z_euler if r == 0 else z - (t - r) * 0.5 * (d1 + v(z_euler, rr))
+        states.append(z)
+    return states
+
+
+@torch.no_grad()
+def interval_errors(student: LatentModel, path: list[torch.Tensor], *, steps: int) -> list[float]:
+    """Mean squared error of one student step against the teacher over each grid interval,
+    both started from the teacher's state (the student's local error, interval by interval)."""
+    u = average_velocity(student.model, student.flow)
+    grid = torch.linspace(1.0, 0.0, steps + 1).tolist()
+    errors = []
+    for i, (hi, lo) in enumerate(zip(grid[:-1], grid[1:], strict=True)):
+        z = path[i]
+        t, r = (torch.full((len(z),), x, device=z.device) for x in (hi, lo))
+        errors.append(float((z - (hi - lo) * u(z, t, r) - path[i + 1]).pow(2).mean()))
+    return errors
+
+
 def reused_rows(path: Path, args: argparse.Namespace, held_out_count: int) -> list[Row]:
     """The floor and teacher rows of an earlier record, after checking it measured the same."""
     record = json.loads(path.read_text())
@@ -226,7 +260,9 @@ def verdicts(rows: list[Row], students: list[str], seeds: int) -> list[dict]:
     return out
 
 
-def markdown(rows: list[Row], checks: list[dict], info: dict) -> str:
+def markdown(
+    rows: list[Row], checks: list[dict], info: dict, intervals: dict[str, list[float]] | None = None
+) -> str:
     lines = [
         "# Latent prior: samples vs held-out encoder latents",
         "",
@@ -263,6 +299,22 @@ def markdown(rows: list[Row], checks: list[dict], info: dict) -> str:
             f"{'yes' if c['clearly_closer_than_teacher_heun_5'] else 'NO'} | "
             f"{'yes' if c['clearly_closer_than_teacher_euler_5'] else 'NO'} |"
         )
+    if intervals:
+        steps = len(next(iter(intervals.values())))
+        lines += [
+            "",
+            f"## Local error of each student step (Ncont = {steps})",
+            "",
+            "Mean squared error of one student step against the teacher's ODE over the same "
+            f"interval (Heun, {info['interval_substeps']} steps), both started from the "
+            "teacher's state; the first interval starts at the noise (t = 1).",
+            "",
+            "| student | " + " | ".join(f"t {1 - i / steps:.1f} -> {1 - (i + 1) / steps:.1f}"
+                                       for i in range(steps)) + " |",
+            "| --- |" + " ---: |" * steps,
+        ]  # fmt: skip
+        for name, errs in intervals.items():
+            lines.append(f"| {name} | " + " | ".join(f"{e:.5f}" for e in errs) + " |")
     if info.get("note"):
         lines += ["", info["note"]]
     return "\n".join(lines) + "\n"
@@ -322,6 +374,13 @@ def main() -> None:
         help="a previous JSON record of this script: take the floor and teacher rows from it "
         "(same prior, latents, sample count and seeds; the 200-step teacher is the slow part)",
     )
+    p.add_argument(
+        "--intervals",
+        type=int,
+        default=0,
+        help="also measure each student's local error on every interval of this many "
+        "grid steps (e.g. 5) against the teacher's ODE (slow: a 200-step teacher path)",
+    )
     p.add_argument("--note", default="", help="a line appended to the report")
     p.add_argument("--out", default="docs/prior.md")
     p.add_argument("--json", default=None, help="default: the report's path with .json")
@@ -341,7 +400,13 @@ def main() -> None:
             method, n = run.split(":")
             rows.append(measure("teacher", teacher, method, int(n), dist, args))
             print(asdict(rows[-1]), flush=True)
-    names = []
+    names, intervals = [], {}
+    substeps = 40
+    if args.intervals:
+        noise = torch.randn(
+            args.num_samples, *teacher.shape, generator=torch.Generator().manual_seed(1000)
+        ).to(args.device)
+        path_points = teacher_path(teacher, noise, steps=args.intervals, substeps=substeps)
     for i, path in enumerate(args.student):
         student = load_student(path, device=args.device)
         name = f"student {i + 1} ({student.extra.get('objective')}, {Path(path).name})"
@@ -349,6 +414,9 @@ def main() -> None:
         for n in STUDENT_STEPS:
             rows.append(measure(name, student, "few_step", n, dist, args))
             print(asdict(rows[-1]), flush=True)
+        if args.intervals:
+            intervals[name] = interval_errors(student, path_points, steps=args.intervals)
+            print(name, intervals[name], flush=True)
     checks = verdicts(rows, names, args.seeds)
     info = {
         "command": "python " + " ".join(sys.argv),
@@ -366,10 +434,13 @@ def main() -> None:
         "teacher_runs": args.teacher_runs,
         "reused_teacher_rows_from": args.reuse_teacher,
         "note": args.note,
+        "interval_substeps": substeps if args.intervals else None,
     }
     out = Path(args.out)
-    atomic_write_text(out, markdown(rows, checks, info))
+    atomic_write_text(out, markdown(rows, checks, info, intervals))
     record = {"info": info, "rows": [asdict(r) for r in rows], "checks": checks}
+    if intervals:
+        record["intervals"] = intervals
     atomic_write_text(
         Path(args.json or out.with_suffix(".json")), json.dumps(record, indent=1) + "\n"
     )
