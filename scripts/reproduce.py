@@ -455,6 +455,7 @@ def run_plan(
     timings["conditions"] = run_conditions
     write_json_atomic(timings_path, timings)
     total = 0.0
+    names = {s.name for s in stages}  # timings.json lists them in plan order, then any others
     for i, stage in enumerate(stages, 1):
         command = display(stage.argv)
         console.print(Text.assemble((f"[{i}/{len(stages)}] {stage.name}", "bold"), f": {command}"))
@@ -468,6 +469,8 @@ def run_plan(
             skipped=outcome.skipped,
             when=now(),
         )
+        order = [s.name for s in stages] + [n for n in timings["stages"] if n not in names]
+        timings["stages"] = {n: timings["stages"][n] for n in order if n in timings["stages"]}
         write_json_atomic(timings_path, timings)
         if outcome.returncode != 0:
             what = (
