@@ -988,8 +988,8 @@ def run_sweep(
         )
 
     floor_key = _digest({**eval_id, "num": cfg.num_samples})
-    floor = None
-    for floor_file in (out / "floor.json", work / "floors" / f"{floor_key}.json"):
+    floor, floor_files = None, (out / "floor.json", work / "floors" / f"{floor_key}.json")
+    for floor_file in floor_files:
         if floor_file.is_file():
             saved = json.loads(floor_file.read_text())
             if saved.get("key") == floor_key:
@@ -999,7 +999,7 @@ def run_sweep(
         log("real-text floor")
         floor = evaluator.floor(eval_cfg.num_references or cfg.num_samples)
     text = json.dumps({"key": floor_key, "floor": asdict(floor)}, indent=2) + "\n"
-    for floor_file in (out / "floor.json", work / "floors" / f"{floor_key}.json"):
+    for floor_file in floor_files:
         if not floor_file.is_file() or floor_file.read_text() != text:
             atomic_write_text(floor_file, text)
 

@@ -40,7 +40,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from diladiff_cli.checkpoint import atomic_write_text  # noqa: E402
-from diladiff_cli.diffusion.latent import velocity_of  # noqa: E402
+from diladiff_cli.diffusion.latent import integrate, velocity_of  # noqa: E402
 from diladiff_cli.diffusion.meanflow import average_velocity  # noqa: E402
 from diladiff_cli.prior import (  # noqa: E402
     LatentModel,
@@ -173,15 +173,10 @@ def teacher_path(teacher: LatentModel, noise: torch.Tensor, *, steps: int, subst
     interval integrated by ``substeps`` Heun steps (an Euler step onto t = 0)."""
     v = velocity_of(teacher.model, teacher.flow)
     grid = torch.linspace(1.0, 0.0, steps + 1).tolist()
-    states, z = [noise], noise
+    states = [noise]
     for hi, lo in zip(grid[:-1], grid[1:], strict=True):
-        times = torch.linspace(hi, lo, substeps + 1).tolist()
-        for t, r in zip(times[:-1], times[1:], strict=True):
-            tt, rr = (torch.full((len(z),), x, device=z.device) for x in (t, r))
-            d1 = v(z, tt)
-            z_euler = z - (t - r) * d1
-            z = z_euler if r == 0 else z - (t - r) * 0.5 * (d1 + v(z_euler, rr))
-        states.append(z)
+        fine = torch.linspace(hi, lo, substeps + 1, device=noise.device)
+        states.append(integrate(v, states[-1], fine, method="heun")[0])
     return states
 
 

@@ -296,20 +296,34 @@ def sample_ode(
     if method not in ("euler", "heun"):
         raise DiladiffError(f"unknown ODE solver {method!r} (expected euler, heun or dopri5)")
     grid = time_grid(steps, device=noise.device, dtype=noise.dtype)
-    batch = noise.shape[0]
-    z = noise
+    z, passes = integrate(velocity, noise, grid, method=method)
+    return ODESample(latents=z, forward_passes=passes, steps=steps)
+
+
+@torch.no_grad()
+def integrate(
+    velocity: VelocityFn, z: torch.Tensor, grid: torch.Tensor, *, method: Solver = "heun"
+) -> tuple[torch.Tensor, int]:
+    """Follow dz/dt = v(z, t) along a decreasing time ``grid`` (Euler or Heun; a step
+    that ends at t = 0 is an Euler step, see :func:`sample_ode`).
+
+    Returns:
+        ``(z at grid[-1], velocity evaluations)``.
+    """
+    batch = z.shape[0]
+    ends = grid.tolist()  # on the host once: no device sync per step
     passes = 0
-    for i in range(steps):
+    for i in range(len(grid) - 1):
         t, s = grid[i], grid[i + 1]
         v = velocity(z, t.expand(batch)).to(z.dtype)
         passes += 1
         z_next = z + (s - t) * v  # Euler predictor (s < t: moving towards data)
-        if method == "heun" and i < steps - 1:
+        if method == "heun" and ends[i + 1] != 0:
             v_next = velocity(z_next, s.expand(batch)).to(z.dtype)
             passes += 1
             z_next = z + (s - t) * 0.5 * (v + v_next)
         z = z_next
-    return ODESample(latents=z, forward_passes=passes, steps=steps)
+    return z, passes
 
 
 def _sample_dopri5(
