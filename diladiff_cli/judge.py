@@ -24,7 +24,7 @@ import json
 import math
 import shutil
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,54 +33,19 @@ import torch.nn.functional as F
 from torch import nn
 
 from diladiff_cli.checkpoint import CheckpointMeta, load_checkpoint, load_into
-from diladiff_cli.data import DataConfig, load_data_info
+from diladiff_cli.config.data import DataConfig
+from diladiff_cli.config.stages import JudgeModelConfig, JudgeStageConfig
+from diladiff_cli.config.train import Precision
+from diladiff_cli.data import load_data_info
 from diladiff_cli.diffusion.masked import TokenBatch
 from diladiff_cli.distributed import Runtime
 from diladiff_cli.errors import DiladiffError
 from diladiff_cli.evaluate import JUDGE_RECORD
 from diladiff_cli.mdlm import TokenBlocks, data_extra
 from diladiff_cli.objective import LossOutput, StepContext
-from diladiff_cli.train import Precision, Reporter, TrainConfig, evaluate, seed_everything, train
+from diladiff_cli.train import Reporter, evaluate, seed_everything, train
 
 STAGE = "judge"
-
-
-@dataclass(frozen=True)
-class JudgeModelConfig:
-    """The judge's GPT-2 shape (the vocabulary is the data's)."""
-
-    n_layer: int = 4
-    n_embd: int = 192
-    n_head: int = 4
-    n_positions: int = 128  # also the GenPPL window length
-    dropout: float = 0.0
-
-    def __post_init__(self) -> None:
-        if self.n_embd % self.n_head:
-            raise ValueError(f"n_embd {self.n_embd} is not a multiple of n_head {self.n_head}")
-
-
-def _default_judge_train() -> TrainConfig:
-    return TrainConfig(
-        steps=400,
-        batch_size=32,
-        lr=1e-3,
-        warmup_steps=40,
-        schedule="cosine",
-        log_every=20,
-        eval_every=0,
-        eval_batches=8,
-        ckpt_every=100,
-    )
-
-
-@dataclass(frozen=True)
-class JudgeStageConfig:
-    """The `judge` section of a recipe."""
-
-    out: str = "runs/tiny/judge"  # the Hugging Face directory (eval.scorer.name points here)
-    model: JudgeModelConfig = field(default_factory=JudgeModelConfig)
-    train: TrainConfig = field(default_factory=_default_judge_train)
 
 
 @dataclass(frozen=True)

@@ -15,21 +15,17 @@ import numpy as np
 import torch
 
 from diladiff_cli.checkpoint import CheckpointMeta, load_checkpoint, load_into, read_meta
-from diladiff_cli.data import DataConfig, DataInfo, load_blocks, load_data_info
+from diladiff_cli.config.data import DataConfig
+from diladiff_cli.config.models import DiTConfig
+from diladiff_cli.config.train import Precision, TrainConfig
+from diladiff_cli.data import DataInfo, load_blocks, load_data_info
 from diladiff_cli.diffusion.masked import LogLinearSchedule, MaskedDiffusionLoss, TokenBatch
 from diladiff_cli.distributed import Runtime
 from diladiff_cli.errors import CheckpointError, DiladiffError
-from diladiff_cli.models.dit import DiT, DiTConfig
+from diladiff_cli.models.dit import DiT
 from diladiff_cli.models.mdlm_import import load_mdlm_pretrained
 from diladiff_cli.structs import from_dict
-from diladiff_cli.train import (
-    Precision,
-    Reporter,
-    TrainConfig,
-    TrainResult,
-    seed_everything,
-    train,
-)
+from diladiff_cli.train import Reporter, TrainResult, seed_everything, train
 
 STAGE = "mdlm"
 

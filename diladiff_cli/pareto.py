@@ -34,23 +34,23 @@ import io
 import itertools
 import json
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 
 from diladiff_cli.checkpoint import atomic_write_bytes, atomic_write_text, read_meta
+from diladiff_cli.config.evaluation import EvalConfig, ParetoConfig
+from diladiff_cli.config.train import Precision
 from diladiff_cli.data import load_data_info
 from diladiff_cli.distributed import Runtime
 from diladiff_cli.errors import CheckpointError, DiladiffError
-from diladiff_cli.evaluate import EvalConfig, Evaluator, ReferenceFloor, read_judge_record
+from diladiff_cli.evaluate import Evaluator, ReferenceFloor, read_judge_record
 from diladiff_cli.sample import meta_path
 from diladiff_cli.structs import to_dict
-from diladiff_cli.train import Precision, Reporter
+from diladiff_cli.train import Reporter
 
-Model = Literal["mdlm", "ladiff", "diladiff"]
-Selection = Literal["random", "confidence"]
 SAMPLERS = ("mdlm", "ladiff", "diladiff")  # models sample_cell can draw from
 HYBRID = ("ladiff", "diladiff")  # latent first: they also need checkpoints["ae"]
 COLORS = {"mdlm": "tab:orange", "ladiff": "tab:green", "diladiff": "tab:purple"}
@@ -78,54 +78,7 @@ CSV_COLUMNS = (
 )
 
 
-# ----------------------------------------------------------------------------- configs
-
-
-@dataclass(frozen=True)
-class GridConfig:
-    """One grid: the cartesian product of its lists."""
-
-    name: str = "frontier"
-    models: tuple[Model, ...] = ("mdlm",)
-    ndisc: tuple[int, ...] = (8, 16, 32, 64, 128)
-    ncont: tuple[int, ...] = (0,)  # latent steps (ignored by mdlm)
-    selection: tuple[Selection, ...] = ("random", "confidence")
-    temperature: tuple[float, ...] = (1.0,)
-    distill: tuple[str, ...] = ("",)  # distillation objective/schedule labels (diladiff only)
-
-    def __post_init__(self) -> None:
-        for name in ("models", "ndisc", "ncont", "selection", "temperature", "distill"):
-            if not getattr(self, name):
-                raise ValueError(f"grid '{self.name}': {name} is empty")
-        if min(self.ndisc) < 1 or min(self.ncont) < 0 or min(self.temperature) <= 0:
-            raise ValueError(f"grid '{self.name}': need ndisc >= 1, ncont >= 0, temperature > 0")
-
-
-def _default_checkpoints() -> dict[str, str]:
-    return {"mdlm": "runs/tiny/mdlm.pt"}
-
-
-@dataclass(frozen=True)
-class ParetoConfig:
-    """The `pareto` section of a recipe."""
-
-    out: str = "results/tiny"  # CSV, table, figures, per-cell results (commit these)
-    work_dir: str = "runs/tiny/pareto"  # the samples of every cell
-    checkpoints: dict[str, str] = field(default_factory=_default_checkpoints)
-    """model (or ``model/distill`` for a distilled variant) -> checkpoint."""
-    grids: tuple[GridConfig, ...] = (GridConfig(),)
-    num_samples: int = 128
-    batch_size: int = 64
-    seed: int = 0
-    top_p: float = 1.0
-    frontier_temperature: float = 1.0  # the temperature of the speed-quality frontiers
-    baseline: str = "mdlm"  # the headline compares every other model with this one
-
-    def __post_init__(self) -> None:
-        if self.num_samples < 2 or self.batch_size < 1:
-            raise ValueError("num_samples must be >= 2 and batch_size >= 1")
-        if not self.grids:
-            raise ValueError("grids is empty")
+# ----------------------------------------------------------------------------- cells
 
 
 @dataclass(frozen=True)

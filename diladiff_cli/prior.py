@@ -23,7 +23,7 @@ import dataclasses
 import hashlib
 import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -31,20 +31,19 @@ import numpy as np
 import torch
 
 from diladiff_cli.checkpoint import CheckpointMeta, load_checkpoint, load_into, read_meta
+from diladiff_cli.config.diffusion import FlowConfig
+from diladiff_cli.config.models import LatentDiTConfig
+from diladiff_cli.config.stages import DistillStageConfig, PriorStageConfig
+from diladiff_cli.config.train import Precision
 from diladiff_cli.diffusion.latent import (
-    FlowConfig,
     GaussianFlow,
     LatentBatch,
     LatentDiffusionLoss,
-    Solver,
-    TimeSamplingConfig,
     sample_ode,
     velocity_of,
 )
 from diladiff_cli.diffusion.meanflow import (
-    AdaptiveWeightConfig,
     MeanFlowLoss,
-    TimePairConfig,
     TVMLoss,
     average_velocity,
     sample_few_step,
@@ -52,82 +51,12 @@ from diladiff_cli.diffusion.meanflow import (
 from diladiff_cli.distributed import Runtime
 from diladiff_cli.errors import CheckpointError, DiladiffError
 from diladiff_cli.latents import LatentIndex, LatentShards, file_sha256
-from diladiff_cli.models.latent_net import LatentDiT, LatentDiTConfig
+from diladiff_cli.models.latent_net import LatentDiT
 from diladiff_cli.structs import from_dict, to_dict
-from diladiff_cli.train import (
-    ExampleSource,
-    Precision,
-    Reporter,
-    TrainConfig,
-    TrainResult,
-    seed_everything,
-    train,
-)
+from diladiff_cli.train import ExampleSource, Reporter, TrainResult, seed_everything, train
 
 PRIOR = "prior"
 DISTILL = "distill"
-Objective = Literal["meanflow", "tvm"]
-
-
-# ----------------------------------------------------------------------------- configs
-
-
-@dataclass(frozen=True)
-class PriorSamplerConfig:
-    """Default sampler of a prior checkpoint (the probability-flow ODE)."""
-
-    method: Solver = "heun"
-    ncont: int = 200
-
-    def __post_init__(self) -> None:
-        if self.ncont < 1:
-            raise ValueError(f"ncont must be >= 1, got {self.ncont}")
-
-
-@dataclass(frozen=True)
-class PriorStageConfig:
-    """Train the latent prior (`train-prior`, stage 2, LaDiff)."""
-
-    model: LatentDiTConfig
-    """The denoiser; num_latents / latent_dim must match the latents."""
-    train: TrainConfig = field(default_factory=TrainConfig)
-    out: str = "runs/tiny/ladiff.pt"
-    """The checkpoint this stage writes."""
-    latents: str | None = "runs/tiny/latents"
-    """`encode`'s output directory (``train/``, optional ``valid/``); null: encode the
-    prepared blocks on the fly with ``autoencoder``."""
-    autoencoder: str = "runs/tiny/ae.pt"
-    """The autoencoder the latents must come from (checked by sha256 when the file exists)."""
-    flow: FlowConfig = field(default_factory=FlowConfig)
-    time: TimeSamplingConfig = field(default_factory=TimeSamplingConfig)
-    sampler: PriorSamplerConfig = field(default_factory=PriorSamplerConfig)
-
-    def __post_init__(self) -> None:
-        if self.model.two_times:
-            raise ValueError("the prior takes one time: model.two_times must be false")
-
-
-@dataclass(frozen=True)
-class DistillStageConfig:
-    """Self-distil a prior into a few-step student (`distill`, stage 3, DiLaDiff)."""
-
-    teacher: str = "runs/tiny/ladiff.pt"
-    """The `train-prior` checkpoint."""
-    out: str = "runs/tiny/diladiff.pt"
-    latents: str | None = None
-    """`encode`'s output directory; null: the teacher's (or on the fly, as the teacher)."""
-    objective: Objective = "meanflow"
-    """``meanflow`` (MeanFlow target by a stop-gradient JVP) or ``tvm`` (Terminal
-    Velocity Matching)."""
-    time: TimePairConfig = field(default_factory=TimePairConfig)
-    weighting: AdaptiveWeightConfig = field(default_factory=AdaptiveWeightConfig)
-    ncont: int = 5
-    """Default few-step sampler steps of the student."""
-    train: TrainConfig = field(default_factory=TrainConfig)
-
-    def __post_init__(self) -> None:
-        if self.ncont < 1:
-            raise ValueError(f"ncont must be >= 1, got {self.ncont}")
 
 
 # ----------------------------------------------------------------------------- data

@@ -24,19 +24,19 @@ import json
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 
 from diladiff_cli.checkpoint import atomic_write_text
+from diladiff_cli.config.stages import Selection
+from diladiff_cli.config.train import Precision
 from diladiff_cli.diffusion.masked import sample_masked
 from diladiff_cli.distributed import Runtime
 from diladiff_cli.errors import DiladiffError
 from diladiff_cli.hub import load_tokenizer
 from diladiff_cli.mdlm import load_mdlm
-from diladiff_cli.train import Precision, Reporter, autocast
-
-Selection = Literal["random", "confidence"]
+from diladiff_cli.train import Reporter, autocast
 
 
 @dataclass(frozen=True)

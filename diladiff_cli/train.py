@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -39,56 +39,13 @@ from diladiff_cli.checkpoint import (
     save_train_state,
     save_weights,
 )
+from diladiff_cli.config.train import Precision, TrainConfig
 from diladiff_cli.distributed import Runtime, all_reduce_mean
 from diladiff_cli.errors import CheckpointError, DiladiffError, TrainingDiverged
 from diladiff_cli.objective import Batch, Objective, StepContext
 
-Precision = Literal["fp32", "bf16", "fp16"]
-
 # Train-config keys that may change between a run and its resumption.
 _RESUMABLE_KEYS = ("steps", "log_every", "eval_every", "eval_batches", "ckpt_every", "compile")
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """Optimisation settings of one stage."""
-
-    steps: int = 1000  # optimizer steps
-    batch_size: int = 32  # global batch (sequences per optimizer step, all processes)
-    micro_batch_size: int = (
-        0  # per-process micro-batch; 0 = batch_size / world_size (no accumulation)
-    )
-    lr: float = 3e-4
-    weight_decay: float = 0.0
-    betas: tuple[float, float] = (0.9, 0.999)
-    warmup_steps: int = 0  # linear warm-up, then the schedule
-    schedule: Literal["constant", "cosine"] = "constant"
-    min_lr_ratio: float = 0.1  # cosine floor as a share of lr
-    grad_clip: float = 1.0  # max global grad norm; 0 disables
-    ema: float = 0.0  # EMA decay of the weights; 0 disables (the checkpoint then holds raw weights)
-    log_every: int = 10
-    eval_every: int = 0  # 0: evaluate at the end only
-    eval_batches: int = 4  # global batches of the validation split per evaluation
-    ckpt_every: int = 100  # resume-state interval in steps
-    seed: int = 0
-    compile: bool = False  # torch.compile the model (CUDA; falls back to eager on failure)
-
-    def __post_init__(self) -> None:
-        if self.steps < 0 or self.batch_size < 1 or self.micro_batch_size < 0:
-            raise ValueError("steps must be >= 0, batch_size >= 1, micro_batch_size >= 0")
-        if not 0.0 <= self.ema < 1.0:
-            raise ValueError("ema must be in [0, 1)")
-
-    def lr_at(self, step: int) -> float:
-        """Learning rate for optimizer step ``step`` (0-based)."""
-        if self.warmup_steps and step < self.warmup_steps:
-            return self.lr * (step + 1) / self.warmup_steps
-        if self.schedule == "constant":
-            return self.lr
-        span = max(1, self.steps - self.warmup_steps)
-        progress = min(1.0, (step - self.warmup_steps) / span)
-        floor = self.min_lr_ratio
-        return self.lr * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
 def seed_everything(seed: int) -> None:

@@ -61,7 +61,6 @@ from diladiff_cli import hub  # noqa: E402
 from diladiff_cli.ae import (
     AutoencoderLoss,
     CachedStates,
-    EncoderConfig,
     TwoViewBatch,
     TwoViewBlocks,
     build_autoencoder,
@@ -70,7 +69,8 @@ from diladiff_cli.ae import (
     set_trainable,
 )
 from diladiff_cli.checkpoint import CheckpointMeta, atomic_write_text, read_meta, save_weights
-from diladiff_cli.config import Recipe, load_recipe
+from diladiff_cli.config import EncoderConfig, Recipe, TrainConfig, load_recipe
+from diladiff_cli.config.train import Precision
 from diladiff_cli.data import DataInfo, load_data_info, special_ids
 from diladiff_cli.diffusion.latent import LatentDiffusionLoss
 from diladiff_cli.diffusion.masked import MaskedDiffusionLoss, TokenBatch
@@ -90,7 +90,7 @@ from diladiff_cli.prior import (
 )
 from diladiff_cli.sample import SampleResult, SampleSettings, sample_hybrid, sample_mdlm
 from diladiff_cli.structs import to_dict
-from diladiff_cli.train import Precision, TrainConfig, train
+from diladiff_cli.train import train
 
 ROOT = Path(__file__).resolve().parent.parent
 STAGES = ("mdlm", "ae", "prior", "distill", "sample")

@@ -30,15 +30,15 @@ import numpy as np
 import torch
 
 from diladiff_cli.checkpoint import CheckpointMeta
-from diladiff_cli.config import load_recipe
+from diladiff_cli.config import DiTConfig, TrainConfig, load_recipe
 from diladiff_cli.data import load_data_info
 from diladiff_cli.diffusion.masked import LogLinearSchedule, MaskedDiffusionLoss, TokenBatch
 from diladiff_cli.distributed import init_runtime
 from diladiff_cli.mdlm import TokenBlocks, load_mdlm
-from diladiff_cli.models.dit import DiT, DiTConfig
+from diladiff_cli.models.dit import DiT
 from diladiff_cli.sample import SampleSettings, sample_mdlm
 from diladiff_cli.structs import to_dict
-from diladiff_cli.train import TrainConfig, evaluate, train
+from diladiff_cli.train import evaluate, train
 
 # Dense bf16 peak (TFLOP/s) for model-FLOPs utilisation.
 PEAK_BF16 = {"H100": 989.0, "H200": 989.0, "A100": 312.0}

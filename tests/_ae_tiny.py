@@ -12,19 +12,22 @@ import pytest
 import torch
 
 from diladiff_cli import hub
-from diladiff_cli.ae import (
+from diladiff_cli.checkpoint import CheckpointMeta, save_weights
+from diladiff_cli.config import (
     AEStageConfig,
     AugmentConfig,
+    CompressorConfig,
+    CorpusConfig,
+    DataConfig,
     DecoderConfig,
     EncoderConfig,
+    TokenizerConfig,
+    TrainConfig,
 )
-from diladiff_cli.checkpoint import CheckpointMeta, save_weights
-from diladiff_cli.data import CorpusConfig, DataConfig, DataInfo, TokenizerConfig, prepare
+from diladiff_cli.data import DataInfo, prepare
 from diladiff_cli.mdlm import data_extra
 from diladiff_cli.models.dit import DiT
-from diladiff_cli.models.perceiver import CompressorConfig
 from diladiff_cli.structs import to_dict
-from diladiff_cli.train import TrainConfig
 
 SEQ_LEN = 32
 WORDS = (

@@ -14,10 +14,9 @@ from pathlib import Path
 
 import torch
 
-from diladiff_cli.diffusion.meanflow import TimePairConfig
+from diladiff_cli.config import DistillStageConfig, TimePairConfig, TrainConfig
 from diladiff_cli.distributed import init_runtime, shutdown
-from diladiff_cli.prior import DistillStageConfig, distill
-from diladiff_cli.train import TrainConfig
+from diladiff_cli.prior import distill
 
 
 def main() -> None:

@@ -10,10 +10,17 @@ import numpy as np
 import torch
 
 from diladiff_cli.checkpoint import CheckpointMeta, save_weights
-from diladiff_cli.data import CorpusConfig, DataConfig, TokenizerConfig, load_data_info, prepare
-from diladiff_cli.judge import JudgeModelConfig, build_judge, export_judge
+from diladiff_cli.config import (
+    CorpusConfig,
+    DataConfig,
+    DiTConfig,
+    JudgeModelConfig,
+    TokenizerConfig,
+)
+from diladiff_cli.data import load_data_info, prepare
+from diladiff_cli.judge import build_judge, export_judge
 from diladiff_cli.mdlm import data_extra
-from diladiff_cli.models.dit import DiT, DiTConfig
+from diladiff_cli.models.dit import DiT
 from diladiff_cli.structs import to_dict
 
 WORDS = (

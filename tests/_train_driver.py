@@ -16,11 +16,12 @@ import numpy as np
 import torch
 
 from diladiff_cli.checkpoint import CheckpointMeta
+from diladiff_cli.config import DiTConfig, TrainConfig
 from diladiff_cli.diffusion.masked import LogLinearSchedule, MaskedDiffusionLoss, TokenBatch
 from diladiff_cli.distributed import init_runtime, shutdown
-from diladiff_cli.models.dit import DiT, DiTConfig
+from diladiff_cli.models.dit import DiT
 from diladiff_cli.structs import to_dict
-from diladiff_cli.train import TrainConfig, seed_everything, train
+from diladiff_cli.train import seed_everything, train
 
 VOCAB, LEN = 48, 16
 

@@ -15,7 +15,6 @@ from _ae_tiny import SEQ_LEN, ae_config, build_mdlm, randomize_zero_init
 
 from diladiff_cli import hub
 from diladiff_cli.ae import (
-    AugmentConfig,
     AutoencoderLoss,
     CachedStates,
     TwoViewBlocks,
@@ -29,6 +28,7 @@ from diladiff_cli.ae import (
     train_ae,
 )
 from diladiff_cli.checkpoint import read_meta
+from diladiff_cli.config import AugmentConfig, TrainConfig
 from diladiff_cli.diffusion.masked import LogLinearSchedule
 from diladiff_cli.distributed import init_runtime
 from diladiff_cli.errors import DiladiffError
@@ -45,7 +45,6 @@ from diladiff_cli.models.perceiver import PerceiverCompressor
 from diladiff_cli.objective import StepContext
 from diladiff_cli.sample import SampleSettings
 from diladiff_cli.structs import to_dict
-from diladiff_cli.train import TrainConfig
 
 pytest_plugins = ["_ae_tiny"]  # the tiny_env and trained_ae fixtures
 

@@ -144,7 +144,8 @@ def test_gpu_standins_pack_and_build_a_loadable_encoder(tmp_path):
     and the random BERT built from them loads as the autoencoder's frozen encoder."""
     from transformers import AutoTokenizer
 
-    from diladiff_cli.ae import EncoderConfig, load_encoder
+    from diladiff_cli.ae import load_encoder
+    from diladiff_cli.config import EncoderConfig
 
     script = ROOT / "scripts" / "gpu_standins.py"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}

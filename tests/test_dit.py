@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from diladiff_cli.config import DiTConfig
 from diladiff_cli.models import dit as dit_module
-from diladiff_cli.models.dit import DiT, DiTConfig, attention, math_attention
+from diladiff_cli.models.dit import DiT, attention, math_attention
 
 V, D, L, B = 50, 32, 16, 3
 

@@ -17,13 +17,11 @@ import torch
 from _evalkit import make_data, make_judge, shuffled_blocks, write_samples
 
 from diladiff_cli import hub
+from diladiff_cli.config import EvalConfig, MauveConfig, ScorerConfig
 from diladiff_cli.data import load_blocks, load_data_info
 from diladiff_cli.errors import DiladiffError
 from diladiff_cli.evaluate import (
     BlockText,
-    EvalConfig,
-    MauveConfig,
-    ScorerConfig,
     TextFeaturizer,
     bertscore_f1,
     entropy,

@@ -10,12 +10,11 @@ import json
 import pytest
 from _ae_tiny import TinyEnv, tiny_env, trained_ae  # noqa: F401  (fixtures)
 
+from diladiff_cli.config import DistillStageConfig, LatentDiTConfig, PriorStageConfig, TrainConfig
 from diladiff_cli.distributed import init_runtime
 from diladiff_cli.errors import DiladiffError
-from diladiff_cli.models.latent_net import LatentDiTConfig
-from diladiff_cli.prior import DistillStageConfig, PriorStageConfig, distill, train_prior
+from diladiff_cli.prior import distill, train_prior
 from diladiff_cli.sample import SampleSettings, meta_path, sample_hybrid, write_samples
-from diladiff_cli.train import TrainConfig
 
 STEPS = TrainConfig(steps=2, batch_size=4, log_every=1, ckpt_every=2, eval_batches=1)
 

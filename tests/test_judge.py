@@ -16,21 +16,14 @@ import torch
 import torch.nn.functional as F
 from _evalkit import make_data
 
-from diladiff_cli.data import DataConfig, load_blocks, load_data_info
+from diladiff_cli.config import DataConfig, JudgeModelConfig, JudgeStageConfig, TrainConfig
+from diladiff_cli.data import load_blocks, load_data_info
 from diladiff_cli.diffusion.masked import TokenBatch
 from diladiff_cli.distributed import init_runtime
 from diladiff_cli.errors import DiladiffError
 from diladiff_cli.evaluate import genppl
-from diladiff_cli.judge import (
-    CausalLMLoss,
-    JudgeModelConfig,
-    JudgeStageConfig,
-    build_judge,
-    checkpoint_path,
-    train_judge,
-)
+from diladiff_cli.judge import CausalLMLoss, build_judge, checkpoint_path, train_judge
 from diladiff_cli.structs import to_dict
-from diladiff_cli.train import TrainConfig
 
 SMALL = JudgeModelConfig(n_layer=1, n_embd=16, n_head=2, n_positions=16)
 

@@ -12,29 +12,27 @@ import pytest
 import torch
 
 from diladiff_cli.checkpoint import read_meta
+from diladiff_cli.config import LatentDiTConfig, PriorStageConfig, TimeSamplingConfig, TrainConfig
 from diladiff_cli.diffusion.latent import (
     GaussianFlow,
     LatentBatch,
     LatentDiffusionLoss,
-    TimeSamplingConfig,
     sample_ode,
     sample_times,
 )
 from diladiff_cli.distributed import Runtime
 from diladiff_cli.errors import CheckpointError, DiladiffError, TrainingDiverged
-from diladiff_cli.models.latent_net import LatentDiT, LatentDiTConfig
+from diladiff_cli.models.latent_net import LatentDiT
 from diladiff_cli.objective import StepContext
 from diladiff_cli.prior import (
     LatentData,
     LatentSource,
-    PriorStageConfig,
     check_autoencoder,
     fit_prior,
     load_prior,
     open_latents,
     sample_latents,
 )
-from diladiff_cli.train import TrainConfig
 from tests._latents_synthetic import SHAPE, mixture, write_latents
 
 CPU = Runtime(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))

@@ -9,8 +9,9 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from diladiff_cli.config import DiTConfig
 from diladiff_cli.errors import CheckpointError, DiladiffError
-from diladiff_cli.models.dit import DiT, DiTConfig
+from diladiff_cli.models.dit import DiT
 from diladiff_cli.models.mdlm_import import (
     MDLM_OWT_CONFIG,
     config_from_hf,

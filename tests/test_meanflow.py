@@ -15,11 +15,15 @@ import torch
 from torch import nn
 
 from diladiff_cli.checkpoint import read_meta
+from diladiff_cli.config import (
+    AdaptiveWeightConfig,
+    DistillStageConfig,
+    TimePairConfig,
+    TrainConfig,
+)
 from diladiff_cli.diffusion.latent import GaussianFlow, LatentBatch, velocity_of
 from diladiff_cli.diffusion.meanflow import (
-    AdaptiveWeightConfig,
     MeanFlowLoss,
-    TimePairConfig,
     TVMLoss,
     average_velocity,
     meanflow_target,
@@ -33,7 +37,6 @@ from diladiff_cli.models.dit import math_attention
 from diladiff_cli.models.latent_net import LatentDiT
 from diladiff_cli.objective import StepContext
 from diladiff_cli.prior import (
-    DistillStageConfig,
     distill,
     fit_prior,
     init_student,
@@ -41,7 +44,6 @@ from diladiff_cli.prior import (
     load_student,
     sample_latents,
 )
-from diladiff_cli.train import TrainConfig
 from tests._latents_synthetic import SHAPE, mixture, write_latents
 from tests.test_latent_diffusion import randomize, tiny_prior_cfg
 

@@ -15,10 +15,9 @@ import safetensors.torch
 import torch
 from _clikit import cli, documented_commands, invoke
 
-from diladiff_cli.config import load_recipe
+from diladiff_cli.config import DiTConfig, JudgeStageConfig, load_recipe
 from diladiff_cli.hub import gpt2_tokenizer_dir
-from diladiff_cli.judge import JudgeStageConfig
-from diladiff_cli.models.dit import DiT, DiTConfig
+from diladiff_cli.models.dit import DiT
 from diladiff_cli.pareto import HYBRID, expand_cells
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -17,14 +17,13 @@ import pytest
 from _evalkit import make_data, make_judge, make_mdlm
 
 from diladiff_cli import pareto
+from diladiff_cli.config import EvalConfig, GridConfig, MauveConfig, ParetoConfig, ScorerConfig
 from diladiff_cli.distributed import init_runtime
 from diladiff_cli.errors import DiladiffError
-from diladiff_cli.evaluate import EvalConfig, MauveConfig, ReferenceFloor, ScorerConfig
+from diladiff_cli.evaluate import ReferenceFloor
 from diladiff_cli.pareto import (
     CSV_COLUMNS,
     Cell,
-    GridConfig,
-    ParetoConfig,
     expand_cells,
     frontier,
     headline,

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import torch
 
-from diladiff_cli.diffusion.latent import FlowConfig, GaussianFlow
+from diladiff_cli.config import FlowConfig
+from diladiff_cli.diffusion.latent import GaussianFlow
 from diladiff_cli.models.latent_net import LatentDiT
 from diladiff_cli.prior import LatentModel, init_student
 

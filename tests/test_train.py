@@ -12,7 +12,8 @@ import pytest
 import safetensors.torch
 import torch
 
-from diladiff_cli.train import TrainConfig, metrics_path
+from diladiff_cli.config import TrainConfig
+from diladiff_cli.train import metrics_path
 
 DRIVER = Path(__file__).with_name("_train_driver.py")
 

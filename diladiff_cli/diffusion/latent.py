@@ -18,56 +18,22 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
 
 import torch
 from torch import nn
 
+from diladiff_cli.config.diffusion import (
+    FlowConfig,
+    Prediction,
+    Schedule,
+    Solver,
+    TimeSamplingConfig,
+)
 from diladiff_cli.errors import DiladiffError
 from diladiff_cli.objective import LossOutput, StepContext
 
-Schedule = Literal["linear", "cosine"]
-Prediction = Literal["x0", "eps", "v"]
-Solver = Literal["euler", "heun", "dopri5"]
-
 VelocityFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 """``velocity(z (B, N, D), t (B,)) -> (B, N, D)``."""
-
-
-@dataclass(frozen=True)
-class FlowConfig:
-    """The Gaussian process and what the network predicts.
-
-    Attributes:
-        schedule: ``linear`` (alpha = 1 - t, sigma = t; rectified flow / MeanFlow) or
-            ``cosine`` (alpha = cos(pi t / 2), sigma = sin(pi t / 2)).
-        prediction: ``x0`` (clean latent, the LDM loss), ``eps`` (noise) or ``v``
-            (the velocity alpha' z + sigma' eps).
-        t_min: guard of the conversions to a velocity: x0 uses sigma(max(t, t_min)),
-            eps uses alpha(min(t, 1 - t_min)), where the exact formulas divide by 0.
-    """
-
-    schedule: Schedule = "linear"
-    prediction: Prediction = "x0"
-    t_min: float = 1e-3
-
-    def __post_init__(self) -> None:
-        if not 0 < self.t_min < 0.5:
-            raise ValueError(f"t_min must be in (0, 0.5), got {self.t_min}")
-
-
-@dataclass(frozen=True)
-class TimeSamplingConfig:
-    """Training times of the prior: ``uniform`` on [0, 1) or ``logit_normal``:
-    t = sigmoid(mean + std * n), n ~ N(0, 1)."""
-
-    kind: Literal["uniform", "logit_normal"] = "uniform"
-    mean: float = 0.0
-    std: float = 1.0
-
-    def __post_init__(self) -> None:
-        if self.std <= 0:
-            raise ValueError(f"std must be positive, got {self.std}")
 
 
 def sample_times(cfg: TimeSamplingConfig, ctx: StepContext) -> torch.Tensor:

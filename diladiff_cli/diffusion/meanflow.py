@@ -31,6 +31,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from diladiff_cli.config.diffusion import AdaptiveWeightConfig, TimePairConfig
 from diladiff_cli.diffusion.latent import (
     GaussianFlow,
     LatentBatch,
@@ -43,44 +44,6 @@ from diladiff_cli.objective import LossOutput, StepContext, unwrap
 
 AverageVelocityFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 """``u(z (B, N, D), t (B,), r (B,)) -> (B, N, D)``."""
-
-
-@dataclass(frozen=True)
-class TimePairConfig:
-    """How (t, r) are drawn: two independent logit-normal times, t the larger, r the
-    smaller; then r = t on a share of the batch (plain velocity distillation there).
-
-    DiLaDiff compares LogitNormal(-1, 1) and LogitNormal(-1, 2); MeanFlow uses
-    r = t on 75 % of the batch.
-
-    Attributes:
-        mean: logit-normal location.
-        std: logit-normal scale.
-        equal_share: probability that r = t.
-    """
-
-    mean: float = -1.0
-    std: float = 1.0
-    equal_share: float = 0.75
-
-    def __post_init__(self) -> None:
-        if self.std <= 0:
-            raise ValueError(f"std must be positive, got {self.std}")
-        if not 0 <= self.equal_share <= 1:
-            raise ValueError(f"equal_share must be in [0, 1], got {self.equal_share}")
-
-
-@dataclass(frozen=True)
-class AdaptiveWeightConfig:
-    """MeanFlow's adaptive loss weight w = 1 / (err + c)^p on the per-sample error
-    (stop-gradient); p = 0 is the plain squared error."""
-
-    p: float = 1.0
-    c: float = 1e-3
-
-    def __post_init__(self) -> None:
-        if self.p < 0 or self.c <= 0:
-            raise ValueError(f"need p >= 0 and c > 0, got p={self.p}, c={self.c}")
 
 
 def sample_time_pair(cfg: TimePairConfig, ctx: StepContext) -> tuple[torch.Tensor, torch.Tensor]:

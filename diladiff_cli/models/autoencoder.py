@@ -18,11 +18,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal
 
 import torch
 from torch import nn
 
+from diladiff_cli.config.models import LatentNorm, NullLatent
 from diladiff_cli.models.dit import DiT
 from diladiff_cli.models.perceiver import (
     Attention,
@@ -30,9 +30,6 @@ from diladiff_cli.models.perceiver import (
     RMSNorm,
     locality_slopes,
 )
-
-LatentNorm = Literal["none", "stats", "l2"]
-NullLatent = Literal["zero", "learned"]
 
 
 class FrozenEncoder(nn.Module):

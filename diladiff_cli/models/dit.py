@@ -19,7 +19,6 @@ import dataclasses
 import math
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from typing import Literal
 
 import torch
@@ -27,39 +26,14 @@ import torch.nn.functional as F
 from einops import einsum, rearrange, repeat
 from torch import nn
 
+from diladiff_cli.config.models import DiTConfig
+
 AttentionBackend = Literal["sdpa", "math"]
 
 # Process-wide default for :func:`attention`; flipped by :func:`math_attention`.
 _ATTENTION_BACKEND: AttentionBackend = "sdpa"
 
 Rotary = tuple[torch.Tensor, torch.Tensor]  # (cos, sin), each (L, head_dim) float32
-
-
-@dataclass(frozen=True)
-class DiTConfig:
-    """Shape of a :class:`DiT` (also its YAML config: plain types only).
-
-    Attributes:
-        vocab_size: number of token ids, the mask token included.
-        hidden: model width d.
-        depth: number of transformer blocks.
-        heads: attention heads (``hidden`` must be divisible by it).
-        cond_dim: width of the adaLN conditioning vector c.
-        max_len: the context length the model is trained for. The rotary
-            embedding has no table, so nothing enforces it.
-        dropout: dropout on the residual branches (before the gates).
-        time_conditioning: feed the noise level to the network; when False the
-            network sees sigma = 0 whatever it is given (MDLM's released model).
-    """
-
-    vocab_size: int
-    hidden: int = 768
-    depth: int = 12
-    heads: int = 12
-    cond_dim: int = 128
-    max_len: int = 1024
-    dropout: float = 0.1
-    time_conditioning: bool = False
 
 
 @contextmanager

@@ -22,12 +22,12 @@ buffers (see ``LatentDiT.__init__``), and its LayerNorm is written with plain op
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from diladiff_cli.config.models import LatentDiTConfig
 from diladiff_cli.models.dit import DiTBlock, FinalLayer, RotaryEmbedding, TimestepEmbedder
 
 # Times live in [0, 1]; the sinusoidal embedder's fastest frequency is 1 rad per unit,
@@ -56,41 +56,6 @@ class LayerNorm(nn.Module):
             centred = xf - xf.mean(dim=-1, keepdim=True)
             xf = centred * torch.rsqrt(centred.pow(2).mean(dim=-1, keepdim=True) + self.eps)
         return xf * self.weight
-
-
-@dataclass(frozen=True)
-class LatentDiTConfig:
-    """Shape of a :class:`LatentDiT` (also its YAML config: plain types only).
-
-    Attributes:
-        num_latents: N, latents per sequence (must match the autoencoder's).
-        latent_dim: D, width of one latent (must match the autoencoder's).
-        hidden: transformer width.
-        depth: number of blocks.
-        heads: attention heads.
-        cond_dim: width of the adaLN conditioning vector.
-        dropout: residual dropout.
-        two_times: condition on a second time r as well (the MeanFlow student).
-    """
-
-    num_latents: int
-    latent_dim: int
-    hidden: int = 128
-    depth: int = 4
-    heads: int = 4
-    cond_dim: int = 128
-    dropout: float = 0.0
-    two_times: bool = False
-
-    def __post_init__(self) -> None:
-        if min(self.num_latents, self.latent_dim, self.hidden, self.depth, self.heads) < 1:
-            raise ValueError("num_latents, latent_dim, hidden, depth and heads must be >= 1")
-        if self.hidden % self.heads or (self.hidden // self.heads) % 2:
-            raise ValueError(
-                f"hidden={self.hidden} must split into {self.heads} heads of even width"
-            )
-        if not 0 <= self.dropout < 1:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
 
 
 class LatentDiT(nn.Module):

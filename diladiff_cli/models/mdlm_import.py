@@ -20,8 +20,9 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
+from diladiff_cli.config.models import DiTConfig
 from diladiff_cli.errors import CheckpointError, DiladiffError
-from diladiff_cli.models.dit import DiT, DiTConfig, RotaryEmbedding
+from diladiff_cli.models.dit import DiT, RotaryEmbedding
 
 MDLM_OWT_CONFIG = DiTConfig(
     vocab_size=50258,

@@ -14,46 +14,13 @@ cross-attention of :class:`~diladiff_cli.models.autoencoder.LatentDecoder`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
 from einops import rearrange, repeat
 from torch import nn
 
+from diladiff_cli.config.models import CompressorConfig
 from diladiff_cli.models.dit import attention
-
-
-@dataclass(frozen=True)
-class CompressorConfig:
-    """Shape of a :class:`PerceiverCompressor` (the ``input_dim`` comes from the encoder).
-
-    Attributes:
-        num_latents: N, number of latent vectors (fewer than the tokens).
-        latent_dim: D, width of each latent vector (what the prior models).
-        width: internal width of the compressor layers.
-        depth: number of Perceiver layers.
-        heads: attention heads (``width`` must be divisible by it).
-        mlp_ratio: hidden width of each MLP as a multiple of ``width``.
-        locality: strength of the positional prior of the latent-to-token attention
-            (see :class:`PerceiverCompressor`); 0 switches it off.
-    """
-
-    num_latents: int = 16
-    latent_dim: int = 64
-    width: int = 192
-    depth: int = 2
-    heads: int = 4
-    mlp_ratio: int = 4
-    locality: float = 1.0
-
-    def __post_init__(self) -> None:
-        if self.locality < 0:
-            raise ValueError(f"locality must be >= 0, got {self.locality}")
-        if min(self.num_latents, self.latent_dim, self.width, self.depth, self.heads) < 1:
-            raise ValueError("num_latents, latent_dim, width, depth and heads must be >= 1")
-        if self.width % self.heads:
-            raise ValueError(f"width {self.width} is not divisible by heads {self.heads}")
 
 
 class RMSNorm(nn.Module):

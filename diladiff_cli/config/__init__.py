@@ -12,70 +12,89 @@ mapping key by key, anything else (a list, a scalar, null) replaces the base's
 value. Overrides come after the merge, validation last.
 
 Only this module (and the CLI) read YAML; the core library takes the dataclasses.
+
+This package is the bottom of the house: it imports neither torch nor any stage, so a
+recipe loads (and ``--dry-run`` prints) without them. Each component's config lives in
+one submodule (``models``, ``data``, ``train``, ``diffusion``, ``stages``,
+``evaluation``); the stage modules import theirs from there.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
 
 import yaml
 
-from diladiff_cli.ae import AEStageConfig, EncodeConfig
-from diladiff_cli.data import CorpusConfig, DataConfig, TokenizerConfig
+from diladiff_cli.config.data import CorpusConfig, DataConfig, TokenizerConfig
+from diladiff_cli.config.diffusion import (
+    AdaptiveWeightConfig,
+    FlowConfig,
+    TimePairConfig,
+    TimeSamplingConfig,
+)
+from diladiff_cli.config.evaluation import (
+    BertScoreConfig,
+    EvalConfig,
+    GridConfig,
+    MauveConfig,
+    ParetoConfig,
+    ScorerConfig,
+)
+from diladiff_cli.config.models import CompressorConfig, DiTConfig, LatentDiTConfig
+from diladiff_cli.config.stages import (
+    AEStageConfig,
+    AugmentConfig,
+    DecoderConfig,
+    DistillStageConfig,
+    EncodeConfig,
+    EncoderConfig,
+    JudgeModelConfig,
+    JudgeStageConfig,
+    MDLMStageConfig,
+    PriorSamplerConfig,
+    PriorStageConfig,
+    SampleConfig,
+)
+from diladiff_cli.config.train import TrainConfig
 from diladiff_cli.errors import RecipeError
-from diladiff_cli.evaluate import EvalConfig
-from diladiff_cli.judge import JudgeStageConfig
-from diladiff_cli.models.dit import DiTConfig
-from diladiff_cli.pareto import ParetoConfig
-from diladiff_cli.prior import DistillStageConfig, PriorStageConfig
 from diladiff_cli.structs import build_dataclass, to_dict
-from diladiff_cli.train import TrainConfig
 
 __all__ = [
+    "AEStageConfig",
+    "AdaptiveWeightConfig",
+    "AugmentConfig",
+    "BertScoreConfig",
+    "CompressorConfig",
     "CorpusConfig",
     "DataConfig",
+    "DecoderConfig",
     "DiTConfig",
+    "DistillStageConfig",
+    "EncodeConfig",
+    "EncoderConfig",
+    "EvalConfig",
+    "FlowConfig",
+    "GridConfig",
+    "JudgeModelConfig",
+    "JudgeStageConfig",
+    "LatentDiTConfig",
     "MDLMStageConfig",
-    "Recipe",
+    "MauveConfig",
+    "ParetoConfig",
+    "PriorSamplerConfig",
+    "PriorStageConfig",
     "SampleConfig",
+    "ScorerConfig",
+    "TimePairConfig",
+    "TimeSamplingConfig",
     "TokenizerConfig",
     "TrainConfig",
+    "Recipe",
     "default_recipe_path",
     "load_recipe",
     "to_dict",
 ]
-
-
-@dataclass(frozen=True)
-class MDLMStageConfig:
-    """Train or fine-tune the base masked diffusion LM (`train-mdlm`)."""
-
-    model: DiTConfig
-    train: TrainConfig
-    out: str = "runs/tiny/mdlm.pt"  # the checkpoint this stage writes
-    init_from: str | None = None  # warm start: a project checkpoint, or an MDLM hub id / dir
-    noise_eps: float = 1e-3  # log-linear schedule epsilon (MDLM)
-
-
-@dataclass(frozen=True)
-class SampleConfig:
-    """Defaults of `sample` (each can be overridden on the command line)."""
-
-    checkpoint: str = "runs/tiny/mdlm.pt"  # the decoder to sample from
-    num_samples: int = 16
-    batch_size: int = 16
-    ndisc: int = 128  # discrete (masked diffusion) steps
-    selection: Literal["random", "confidence"] = "random"
-    temperature: float = 1.0
-    top_p: float = 1.0
-    out: str = "runs/tiny/samples/mdlm.jsonl"
-    model: Literal["mdlm", "ladiff", "diladiff"] = "mdlm"  # what `sample` draws by default
-    autoencoder: str = "runs/tiny/ae.pt"  # LaDiff / DiLaDiff decode with its decoder
-    prior: str = "runs/tiny/ladiff.pt"  # LaDiff's latent prior (teacher)
-    student: str = "runs/tiny/diladiff.pt"  # DiLaDiff's distilled student
-    ncont: int = 0  # latent steps; 0: the latent checkpoint's default (200 teacher, 5 student)
 
 
 @dataclass(frozen=True)
@@ -98,7 +117,7 @@ class Recipe:
 
 def default_recipe_path() -> Path:
     """The embedded default: ``recipes/tiny/default.yaml`` beside the package."""
-    return Path(__file__).resolve().parent.parent / "recipes" / "tiny" / "default.yaml"
+    return Path(__file__).resolve().parents[2] / "recipes" / "tiny" / "default.yaml"
 
 
 # ----------------------------------------------------------------------------- loading
