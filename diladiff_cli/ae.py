@@ -60,9 +60,9 @@ from diladiff_cli.diffusion.masked import (
     TokenBatch,
     sample_masked,
 )
-from diladiff_cli.distributed import Runtime, barrier
+from diladiff_cli.distributed import Runtime, barrier, device_name, synchronize
 from diladiff_cli.errors import CheckpointError, DiladiffError
-from diladiff_cli.latents import (
+from diladiff_cli.latent_shards import (
     LatentIndex,
     ShardPlan,
     ShardRecord,
@@ -84,7 +84,7 @@ from diladiff_cli.models.dit import DiT
 from diladiff_cli.models.mdlm_import import load_mdlm_pretrained
 from diladiff_cli.models.perceiver import PerceiverCompressor
 from diladiff_cli.objective import LossOutput, StepContext, unwrap
-from diladiff_cli.sample import SampleResult, SampleSettings, Timing, _device_name, _sync
+from diladiff_cli.sample import SampleResult, SampleSettings, Timing, batch_seed
 from diladiff_cli.structs import from_dict, to_dict
 from diladiff_cli.train import Reporter, TrainResult, autocast, seed_everything, train
 
@@ -138,7 +138,7 @@ class EncoderView:
     lengths: torch.Tensor
 
 
-def encoder_view(tokenizer: Any, texts: list[str], *, max_len: int) -> EncoderView:
+def tokenize_for_encoder(tokenizer: Any, texts: list[str], *, max_len: int) -> EncoderView:
     """Tokenise ``texts`` for the encoder, truncated at ``max_len``."""
     full = tokenizer(texts, add_special_tokens=True)["input_ids"]
     enc = tokenizer(
@@ -217,7 +217,7 @@ class TwoViewBlocks:
     def batch(self, indices: np.ndarray) -> TwoViewBatch:
         tokens = self.blocks.tokens(indices)  # (B, L)
         texts = decode_blocks(self.decoder_tokenizer, tokens, skip_special_tokens=True)
-        view = encoder_view(self.encoder_tokenizer, texts, max_len=self.max_len)
+        view = tokenize_for_encoder(self.encoder_tokenizer, texts, max_len=self.max_len)
         return TwoViewBatch(tokens=tokens, enc_ids=view.ids, enc_mask=view.mask)
 
 
@@ -769,7 +769,7 @@ def encode_texts(
     if not texts or any(not t.strip() for t in texts):
         raise DiladiffError("nothing to encode: empty text")
     max_len = loaded.config.encoder.max_len
-    view = encoder_view(loaded.encoder_tokenizer, texts, max_len=max_len)
+    view = tokenize_for_encoder(loaded.encoder_tokenizer, texts, max_len=max_len)
     lengths = view.lengths.tolist()
     long = [i for i, n in enumerate(lengths) if n > max_len]
     if long and not truncate:
@@ -1124,7 +1124,7 @@ def reconstruct(
         )
         sources = list(data.blocks.tokens(idx))
         source_texts = data.texts(idx)
-    _sync(runtime.device)
+    synchronize(runtime.device)
     seconds_latent = time.perf_counter() - t0
 
     n = len(sources)
@@ -1136,7 +1136,7 @@ def reconstruct(
     try:
         for b in range(n_batches):
             lo, hi = b * settings.batch_size, min(n, (b + 1) * settings.batch_size)
-            gen = torch.Generator(device=runtime.device).manual_seed(settings.seed * 100003 + b)
+            gen = torch.Generator(device=runtime.device).manual_seed(batch_seed(settings.seed, b))
             out = decode_latents(
                 loaded,
                 latents[lo:hi],
@@ -1155,7 +1155,7 @@ def reconstruct(
     finally:
         if reporter is not None:
             reporter.stop()
-    _sync(runtime.device)
+    synchronize(runtime.device)
     seconds_discrete = time.perf_counter() - t1
     tokens = torch.cat(all_tokens)
     texts_out = loaded.decoder_tokenizer.batch_decode(tokens.tolist(), skip_special_tokens=True)
@@ -1171,7 +1171,7 @@ def reconstruct(
         tokens_per_forward=loaded.seq_len / mean_passes,
         seconds_per_sample=total / n,
         latent_share=seconds_latent / total if total > 0 else 0.0,
-        device=_device_name(runtime.device),
+        device=device_name(runtime.device),
     )
     info = {
         "model": "ae-reconstruction",

@@ -89,6 +89,11 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     atomic_write_bytes(path, text.encode())
 
 
+def atomic_write_json(path: str | Path, record: Any, *, indent: int = 2) -> None:
+    """A JSON record, indented, with a final newline, written atomically."""
+    atomic_write_text(path, json.dumps(record, indent=indent) + "\n")
+
+
 def _contiguous(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
 

@@ -80,16 +80,6 @@ def shutdown() -> None:
         dist.destroy_process_group()
 
 
-def is_main() -> bool:
-    return not dist.is_initialized() or dist.get_rank() == 0
-
-
-def print0(*args: object, **kwargs: object) -> None:
-    """``print`` on rank 0 only."""
-    if is_main():
-        print(*args, **kwargs)
-
-
 def barrier() -> None:
     if dist.is_initialized():
         dist.barrier()
@@ -102,3 +92,16 @@ def all_reduce_mean(values: torch.Tensor) -> torch.Tensor:
         dist.all_reduce(values)
         values /= dist.get_world_size()
     return values
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work (before reading a wall clock); a no-op on CPU."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def device_name(device: torch.device) -> str:
+    """What a timing was measured on: the GPU's name, or the CPU with its thread count."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"cpu ({torch.get_num_threads()} threads)"

@@ -3,13 +3,13 @@
 
 This module only wires data, networks, processes and checkpoints together:
 
-* network: :class:`~diladiff_cli.models.latent_net.LatentDiT`;
-* process, LDM loss and ODE samplers: :mod:`diladiff_cli.diffusion.latent`;
+* network: :class:`~diladiff_cli.models.latent_dit.LatentDiT`;
+* process, LDM loss and ODE samplers: :mod:`diladiff_cli.diffusion.flow`;
 * MeanFlow / TVM objectives and the few-step sampler: :mod:`diladiff_cli.diffusion.meanflow`;
 * the loop: :func:`diladiff_cli.train.train`.
 
 Latents come from `diladiff encode` (a directory with ``train/`` and ``valid/``
-splits, see :mod:`diladiff_cli.latents`), or are encoded on the fly by the frozen
+splits, see :mod:`diladiff_cli.latent_shards`), or are encoded on the fly by the frozen
 autoencoder when no directory is given. A prior checkpoint (stage ``prior``)
 records the latent shape, the normalisation and the sha256 of the autoencoder
 checkpoint the latents came from, so that `distill` and sampling refuse latents of
@@ -35,7 +35,7 @@ from diladiff_cli.config.diffusion import FlowConfig
 from diladiff_cli.config.models import LatentDiTConfig
 from diladiff_cli.config.stages import DistillStageConfig, PriorStageConfig
 from diladiff_cli.config.train import Precision
-from diladiff_cli.diffusion.latent import (
+from diladiff_cli.diffusion.flow import (
     GaussianFlow,
     LatentBatch,
     LatentDiffusionLoss,
@@ -48,10 +48,10 @@ from diladiff_cli.diffusion.meanflow import (
     average_velocity,
     sample_few_step,
 )
-from diladiff_cli.distributed import Runtime
+from diladiff_cli.distributed import Runtime, synchronize
 from diladiff_cli.errors import CheckpointError, DiladiffError
-from diladiff_cli.latents import LatentIndex, LatentShards, file_sha256
-from diladiff_cli.models.latent_net import LatentDiT
+from diladiff_cli.latent_shards import LatentIndex, LatentShards, file_sha256
+from diladiff_cli.models.latent_dit import LatentDiT
 from diladiff_cli.structs import from_dict, to_dict
 from diladiff_cli.train import ExampleSource, Reporter, TrainResult, seed_everything, train
 
@@ -584,7 +584,7 @@ def sample_latents(
     g = torch.Generator().manual_seed(seed)
     noise = torch.randn(num_samples, *model.shape, generator=g)  # (n, N, D) float32
     out, passes = [], 0
-    _sync(device)
+    synchronize(device)
     t0 = time.perf_counter()
     with torch.no_grad(), torch.autocast(device_type=device.type, enabled=False):
         for lo in range(0, num_samples, batch_size):
@@ -595,7 +595,7 @@ def sample_latents(
                 result = sample_ode(velocity_of(net, model.flow), z1, steps=ncont, method=method)
             out.append(result.latents.float().cpu())
             passes = result.forward_passes
-    _sync(device)
+    synchronize(device)
     return LatentSamples(
         latents=torch.cat(out),
         forward_passes=passes,
@@ -605,11 +605,6 @@ def sample_latents(
         ncont=ncont,
         seed=seed,
     )
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def held_out_latents(directory: str | Path, split: str = "valid") -> torch.Tensor:

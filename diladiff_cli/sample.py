@@ -28,15 +28,23 @@ from typing import Any
 
 import torch
 
-from diladiff_cli.checkpoint import atomic_write_text
+from diladiff_cli.checkpoint import atomic_write_bytes, atomic_write_json, atomic_write_text
 from diladiff_cli.config.stages import Selection
 from diladiff_cli.config.train import Precision
 from diladiff_cli.diffusion.masked import sample_masked
-from diladiff_cli.distributed import Runtime
+from diladiff_cli.distributed import Runtime, device_name, synchronize
 from diladiff_cli.errors import DiladiffError
 from diladiff_cli.hub import load_tokenizer
 from diladiff_cli.mdlm import load_mdlm
 from diladiff_cli.train import Reporter, autocast
+
+SEED_STRIDE = 100003  # a prime: batch b of seed s draws from s * SEED_STRIDE + b
+
+
+def batch_seed(seed: int, batch: int) -> int:
+    """The generator seed of batch ``batch`` of a run seeded ``seed``: runs with other
+    seeds never share a batch's noise."""
+    return seed * SEED_STRIDE + batch
 
 
 @dataclass(frozen=True)
@@ -108,11 +116,6 @@ class SampleResult:
     info: dict[str, Any] = field(default_factory=dict)
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def sample_mdlm(
     *,
     checkpoint: str | Path,
@@ -136,13 +139,15 @@ def sample_mdlm(
     n_batches = -(-settings.num_samples // settings.batch_size)
     if reporter is not None:
         reporter.start(total=n_batches, done=0, description="sample mdlm")
-    _sync(runtime.device)
+    synchronize(runtime.device)
     t0 = time.perf_counter()
     try:
         with torch.no_grad():
             for b in range(n_batches):
                 size = min(settings.batch_size, settings.num_samples - b * settings.batch_size)
-                gen = torch.Generator(device=runtime.device).manual_seed(settings.seed * 100003 + b)
+                gen = torch.Generator(device=runtime.device).manual_seed(
+                    batch_seed(settings.seed, b)
+                )
                 out = sample_masked(
                     model_fn,
                     batch_size=size,
@@ -165,7 +170,7 @@ def sample_mdlm(
     finally:
         if reporter is not None:
             reporter.stop()
-    _sync(runtime.device)
+    synchronize(runtime.device)
     seconds = time.perf_counter() - t0
     tokens = torch.cat(all_tokens)
     texts = tokenizer.batch_decode(tokens.tolist(), skip_special_tokens=True)
@@ -179,7 +184,7 @@ def sample_mdlm(
         tokens_per_forward=seq_len / mean_passes,
         seconds_per_sample=seconds / settings.num_samples,
         latent_share=0.0,
-        device=_device_name(runtime.device),
+        device=device_name(runtime.device),
     )
     info = {
         "model": "mdlm",
@@ -227,8 +232,6 @@ def _store_latents(
     if directory is None:
         return
     import safetensors.torch
-
-    from diladiff_cli.checkpoint import atomic_write_bytes
 
     meta = {"seconds": repr(float(seconds)), "forward_passes": str(int(passes))}
     path = _latent_cache_file(directory, sha, ncont, seed, z.shape[0])
@@ -280,9 +283,9 @@ def sample_hybrid(
         latent = load_latent_model(latent_model, device=device)
         check_autoencoder(latent, autoencoder)
         if latent_cache is not None:  # keyed by weights and device (the timing is the device's)
-            from diladiff_cli.latents import file_sha256
+            from diladiff_cli.latent_shards import file_sha256
 
-            device_key = hashlib.sha256(_device_name(device).encode()).hexdigest()[:8]
+            device_key = hashlib.sha256(device_name(device).encode()).hexdigest()[:8]
             latent_sha = f"{file_sha256(latent_model)[:16]}-{device_key}"
     n_batches = -(-settings.num_samples // settings.batch_size)
     tokens, passes, latent_passes = [], [], []
@@ -296,7 +299,7 @@ def sample_hybrid(
             z = None
             if latent is not None:
                 ncont = latent.ncont if ncont is None else ncont
-                seed = settings.seed * 100003 + b
+                seed = batch_seed(settings.seed, b)
                 cached = _cached_latents(latent_cache, latent_sha, ncont, seed, size)
                 if cached is None:
                     drawn = sample_latents(
@@ -308,8 +311,8 @@ def sample_hybrid(
                 z = cached[0].to(device)
                 seconds_latent += cached[1]
                 latent_passes.append(cached[2])
-            gen = torch.Generator(device=device).manual_seed(settings.seed * 100003 + b)
-            _sync(device)
+            gen = torch.Generator(device=device).manual_seed(batch_seed(settings.seed, b))
+            synchronize(device)
             t0 = time.perf_counter()
             out = decode_latents(
                 loaded,
@@ -322,7 +325,7 @@ def sample_hybrid(
                 top_p=settings.top_p,
                 precision=precision,
             )
-            _sync(device)
+            synchronize(device)
             seconds_discrete += time.perf_counter() - t0
             tokens.append(out.tokens.cpu())
             passes.append(out.forward_passes)
@@ -344,7 +347,7 @@ def sample_hybrid(
         tokens_per_forward=loaded.seq_len / mean_passes,
         seconds_per_sample=total / settings.num_samples,
         latent_share=seconds_latent / total if total > 0 else 0.0,
-        device=_device_name(device),
+        device=device_name(device),
     )
     info = {
         "model": name,
@@ -359,12 +362,6 @@ def sample_hybrid(
         "precision": precision,
     }
     return SampleResult(texts=texts, tokens=all_tokens, timing=timing, settings=settings, info=info)
-
-
-def _device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"cpu ({torch.get_num_threads()} threads)"
 
 
 def meta_path(out: str | Path) -> Path:
@@ -396,5 +393,5 @@ def write_samples(result: SampleResult, out: str | Path) -> Path:
     }
     meta = meta_path(out)
     atomic_write_text(out, "".join(line + "\n" for line in lines))
-    atomic_write_text(meta, json.dumps(record, indent=2) + "\n")
+    atomic_write_json(meta, record)
     return meta

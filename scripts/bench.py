@@ -72,12 +72,12 @@ from diladiff_cli.checkpoint import CheckpointMeta, atomic_write_text, read_meta
 from diladiff_cli.config import EncoderConfig, Recipe, TrainConfig, load_recipe
 from diladiff_cli.config.train import Precision
 from diladiff_cli.data import DataInfo, load_data_info, special_ids
-from diladiff_cli.diffusion.latent import LatentDiffusionLoss
+from diladiff_cli.diffusion.flow import LatentDiffusionLoss
 from diladiff_cli.diffusion.masked import MaskedDiffusionLoss, TokenBatch
 from diladiff_cli.diffusion.meanflow import MeanFlowLoss, TVMLoss
 from diladiff_cli.distributed import Runtime, init_runtime
 from diladiff_cli.errors import DiladiffError
-from diladiff_cli.latents import file_sha256
+from diladiff_cli.latent_shards import file_sha256
 from diladiff_cli.mdlm import TokenBlocks, data_extra, load_mdlm
 from diladiff_cli.models.dit import DiT, TokenEmbedding
 from diladiff_cli.prior import (

@@ -40,7 +40,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from diladiff_cli.checkpoint import atomic_write_text  # noqa: E402
-from diladiff_cli.diffusion.latent import integrate, velocity_of  # noqa: E402
+from diladiff_cli.diffusion.flow import integrate, velocity_of  # noqa: E402
 from diladiff_cli.diffusion.meanflow import average_velocity  # noqa: E402
 from diladiff_cli.prior import (  # noqa: E402
     LatentModel,

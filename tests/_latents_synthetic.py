@@ -7,7 +7,13 @@ from pathlib import Path
 
 import torch
 
-from diladiff_cli.latents import LatentIndex, ShardRecord, shard_name, write_index, write_shard
+from diladiff_cli.latent_shards import (
+    LatentIndex,
+    ShardRecord,
+    shard_name,
+    write_index,
+    write_shard,
+)
 
 SHAPE = (4, 8)
 

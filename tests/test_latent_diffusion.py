@@ -13,7 +13,7 @@ import torch
 
 from diladiff_cli.checkpoint import read_meta
 from diladiff_cli.config import LatentDiTConfig, PriorStageConfig, TimeSamplingConfig, TrainConfig
-from diladiff_cli.diffusion.latent import (
+from diladiff_cli.diffusion.flow import (
     GaussianFlow,
     LatentBatch,
     LatentDiffusionLoss,
@@ -22,7 +22,7 @@ from diladiff_cli.diffusion.latent import (
 )
 from diladiff_cli.distributed import Runtime
 from diladiff_cli.errors import CheckpointError, DiladiffError, TrainingDiverged
-from diladiff_cli.models.latent_net import LatentDiT
+from diladiff_cli.models.latent_dit import LatentDiT
 from diladiff_cli.objective import StepContext
 from diladiff_cli.prior import (
     LatentData,
@@ -343,7 +343,7 @@ pytest_plugins = ["_ae_tiny"]  # the tiny_env and trained_ae fixtures (a 3-step 
 
 def test_train_prior_on_encode_output_and_on_the_fly(tiny_env, trained_ae, tmp_path):
     from diladiff_cli.ae import encode_split
-    from diladiff_cli.latents import file_sha256
+    from diladiff_cli.latent_shards import file_sha256
     from diladiff_cli.prior import train_prior
 
     for split in ("train", "valid"):

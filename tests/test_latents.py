@@ -19,7 +19,7 @@ from diladiff_cli.ae import TwoViewBlocks, encode_split, load_autoencoder
 from diladiff_cli.checkpoint import CheckpointMeta, load_checkpoint, save_weights
 from diladiff_cli.distributed import init_runtime
 from diladiff_cli.errors import DiladiffError
-from diladiff_cli.latents import (
+from diladiff_cli.latent_shards import (
     LatentIndex,
     LatentShards,
     ShardPlan,

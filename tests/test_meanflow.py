@@ -21,7 +21,7 @@ from diladiff_cli.config import (
     TimePairConfig,
     TrainConfig,
 )
-from diladiff_cli.diffusion.latent import GaussianFlow, LatentBatch, velocity_of
+from diladiff_cli.diffusion.flow import GaussianFlow, LatentBatch, velocity_of
 from diladiff_cli.diffusion.meanflow import (
     MeanFlowLoss,
     TVMLoss,
@@ -34,7 +34,7 @@ from diladiff_cli.diffusion.meanflow import (
 from diladiff_cli.distributed import Runtime
 from diladiff_cli.errors import CheckpointError, DiladiffError
 from diladiff_cli.models.dit import math_attention
-from diladiff_cli.models.latent_net import LatentDiT
+from diladiff_cli.models.latent_dit import LatentDiT
 from diladiff_cli.objective import StepContext
 from diladiff_cli.prior import (
     distill,

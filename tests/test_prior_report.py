@@ -10,8 +10,8 @@ from pathlib import Path
 import torch
 
 from diladiff_cli.config import FlowConfig
-from diladiff_cli.diffusion.latent import GaussianFlow
-from diladiff_cli.models.latent_net import LatentDiT
+from diladiff_cli.diffusion.flow import GaussianFlow
+from diladiff_cli.models.latent_dit import LatentDiT
 from diladiff_cli.prior import LatentModel, init_student
 
 ROOT = Path(__file__).resolve().parent.parent

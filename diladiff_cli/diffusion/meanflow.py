@@ -4,9 +4,9 @@ The student u(z_t, t, r) predicts the *average* velocity of the teacher's
 probability-flow ODE over [r, t] (r <= t, t = 1 is noise), so one step
 ``z_r = z_t - (t - r) u(z_t, t, r)`` follows the ODE exactly when u is exact
 (MeanFlow, Geng et al. 2025). The student is a two-time
-:class:`~diladiff_cli.models.latent_net.LatentDiT` whose raw output is read in the
+:class:`~diladiff_cli.models.latent_dit.LatentDiT` whose raw output is read in the
 teacher's parameterisation (x0, eps or v) and turned into a velocity by the same
-:meth:`~diladiff_cli.diffusion.latent.GaussianFlow.to_velocity`; initialised from the
+:meth:`~diladiff_cli.diffusion.flow.GaussianFlow.to_velocity`; initialised from the
 teacher it therefore *is* the teacher's velocity, exact at r = t.
 
 Two objectives, same student, same (t, r) sampling, same adaptive weighting:
@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from diladiff_cli.config.diffusion import AdaptiveWeightConfig, TimePairConfig
-from diladiff_cli.diffusion.latent import (
+from diladiff_cli.diffusion.flow import (
     GaussianFlow,
     LatentBatch,
     at_least_fp32,

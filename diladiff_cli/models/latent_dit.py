@@ -4,7 +4,7 @@ One network serves both continuous stages:
 
 * the LaDiff prior (stage 2) conditions on the time t only and predicts, depending
   on the recipe, the clean latent, the noise or the velocity
-  (:mod:`diladiff_cli.diffusion.latent` turns any of them into a velocity);
+  (:mod:`diladiff_cli.diffusion.flow` turns any of them into a velocity);
 * the DiLaDiff student (stage 3) also takes a second time r and conditions on
   (t, t - r), as MeanFlow implementations do. The (t - r) embedding's last layer is
   zero-initialised, so a student initialised from the teacher is exactly the teacher

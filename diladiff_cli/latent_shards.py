@@ -32,7 +32,7 @@ import safetensors
 import safetensors.torch
 import torch
 
-from diladiff_cli.checkpoint import atomic_write_bytes, atomic_write_text
+from diladiff_cli.checkpoint import atomic_write_bytes, atomic_write_json
 from diladiff_cli.errors import DiladiffError
 
 FORMAT = "diladiff-latents"
@@ -166,7 +166,7 @@ class LatentIndex:
 def write_index(directory: str | Path, index: LatentIndex) -> Path:
     """Atomically write ``index.json`` (the last file of a complete split)."""
     path = Path(directory) / INDEX
-    atomic_write_text(path, json.dumps(index.to_json(), indent=1) + "\n")
+    atomic_write_json(path, index.to_json(), indent=1)
     return path
 
 
