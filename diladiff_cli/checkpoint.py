@@ -28,6 +28,7 @@ import torch
 
 from diladiff_cli import __version__
 from diladiff_cli.errors import CheckpointError
+from diladiff_cli.files import atomic_write_bytes
 
 META_KEY = "diladiff"
 
@@ -63,35 +64,6 @@ class Checkpoint:
 
 def _versions() -> dict[str, str]:
     return {"diladiff": __version__, "torch": torch.__version__}
-
-
-def _atomic_target(path: Path) -> tuple[int, str]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-
-
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file and a rename."""
-    path = Path(path)
-    fd, tmp = _atomic_target(path)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_text(path: str | Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode())
-
-
-def atomic_write_json(path: str | Path, record: Any, *, indent: int = 2) -> None:
-    """A JSON record, indented, with a final newline, written atomically."""
-    atomic_write_text(path, json.dumps(record, indent=indent) + "\n")
 
 
 def _contiguous(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -271,9 +243,3 @@ def load_train_state(weights_path: str | Path) -> TrainState | None:
         rng=groups["rng"],
         info=doc["info"],
     )
-
-
-def remove_train_state(weights_path: str | Path) -> None:
-    final = state_dir(weights_path)
-    for p in (final, final.with_name(final.name + ".old")):
-        shutil.rmtree(p, ignore_errors=True)

@@ -1,13 +1,13 @@
 """The `diladiff` command line: one function per subcommand, nothing else.
 
 Each command parses its options, loads the recipe (the embedded default
-``recipes/tiny/default.yaml`` when none is given), calls one core function and
-prints. User errors are one line on stderr and a non-zero exit, never a traceback.
+``recipes/tiny/default.yaml`` when none is given) with its options applied as typed
+values (:func:`_load`), calls one core function and prints. User errors are one line
+on stderr and a non-zero exit, never a traceback.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import json
 import os
@@ -22,14 +22,15 @@ import yaml
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from diladiff_cli.config import Recipe, load_recipe
+from diladiff_cli.config import (
+    Recipe,
+    encode_section,
+    load_recipe,
+    require_section,
+    with_options,
+)
 from diladiff_cli.errors import DiladiffError
 from diladiff_cli.structs import to_dict
-
-TORCHRUN_HELP = (
-    "More than one GPU or node: launch with torchrun, e.g. "
-    "`torchrun --nproc_per_node=8 -m diladiff_cli train-mdlm recipes/paper/mdlm_owt.yaml`."
-)
 
 app = typer.Typer(
     name="diladiff",
@@ -76,6 +77,8 @@ DryRunOpt = Annotated[
     bool, typer.Option("--dry-run", help="Print the resolved config; run nothing.")
 ]
 SeedOpt = Annotated[int | None, typer.Option(help="Random seed (default: the recipe's).")]
+StepsOpt = Annotated[int | None, typer.Option(help="Optimizer steps (default: the recipe's).")]
+ResumeOpt = Annotated[bool, typer.Option(help="Continue an interrupted run.")]
 DeviceOpt = Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")]
 PrecisionArg = Annotated[PrecisionOpt, typer.Option(help="Autocast precision.")]
 
@@ -147,11 +150,10 @@ class RichReporter:
             self._progress = None
 
 
-def _recipe(path: Path | None, overrides: list[str] | None, seed: int | None) -> Recipe:
-    extra = list(overrides or [])
-    if seed is not None:
-        extra += [f"mdlm.train.seed={seed}"]
-    return load_recipe(path, extra)
+def _load(recipe: Path | None, set_: list[str] | None, options: dict[str, Any]) -> Recipe:
+    """The recipe with ``--set`` overrides, then the command's own options (dotted key ->
+    typed value; ``None``: not given), which reach the config as they are."""
+    return load_recipe(recipe, list(set_ or []), options)
 
 
 def _dry_run(section: Any) -> None:
@@ -180,8 +182,7 @@ def prepare(
 
     Example: diladiff prepare recipes/tiny/default.yaml
     """
-    overrides = list(set_ or []) + ([f"data.num_proc={num_proc}"] if num_proc else [])
-    cfg = _recipe(recipe, overrides, None)
+    cfg = _load(recipe, set_, {"data.num_proc": num_proc or None})
     if dry_run:
         return _dry_run(cfg.data)
     from diladiff_cli.data import prepare as run_prepare
@@ -201,14 +202,12 @@ def train_mdlm(
     recipe: RecipeArg = None,
     set_: SetOpt = None,
     dry_run: DryRunOpt = False,
-    steps: Annotated[
-        int | None, typer.Option(help="Optimizer steps (default: the recipe's).")
-    ] = None,
+    steps: StepsOpt = None,
     out: Annotated[Path | None, typer.Option(help="Checkpoint to write.")] = None,
     init_from: Annotated[
         str | None, typer.Option(help="Warm start: a checkpoint, or an MDLM hub id / directory.")
     ] = None,
-    resume: Annotated[bool, typer.Option(help="Continue an interrupted run.")] = True,
+    resume: ResumeOpt = True,
     seed: SeedOpt = None,
     device: DeviceOpt = "auto",
     precision: PrecisionArg = PrecisionOpt.fp32,
@@ -220,17 +219,21 @@ def train_mdlm(
     More than one GPU or node: torchrun --nproc_per_node=8 -m diladiff_cli train-mdlm
     recipes/paper/mdlm_owt.yaml
     """
-    overrides = list(set_ or [])
-    overrides += [f"mdlm.train.steps={steps}"] if steps is not None else []
-    overrides += [f"mdlm.out={out}"] if out is not None else []
-    overrides += [f"mdlm.init_from={init_from}"] if init_from is not None else []
-    cfg = _recipe(recipe, overrides, seed)
+    cfg = _load(
+        recipe,
+        set_,
+        {
+            "mdlm.train.steps": steps,
+            "mdlm.out": out,
+            "mdlm.init_from": init_from,
+            "mdlm.train.seed": seed,
+        },
+    )
     if dry_run:
         return _dry_run({"data": cfg.data, "mdlm": cfg.mdlm})
     from diladiff_cli.mdlm import train_mdlm as run
 
     runtime = _runtime(device)
-    reporter = RichReporter(enabled=runtime.is_main)
     result = run(
         model_cfg=cfg.mdlm.model,
         train_cfg=cfg.mdlm.train,
@@ -242,26 +245,10 @@ def train_mdlm(
         runtime=runtime,
         precision=precision.value,
         resume=resume,
-        reporter=reporter,
+        reporter=RichReporter(enabled=runtime.is_main),
     )
     if runtime.is_main:
         _print_json({"checkpoint": cfg.mdlm.out, **to_dict(result)})
-
-
-def _ae_section(cfg: Recipe, recipe: Path | None):
-    if cfg.ae is None:
-        raise DiladiffError(f"recipe {recipe or 'default'} has no 'ae' section (stage 1)")
-    return cfg.ae
-
-
-def _encode_section(cfg: Recipe, recipe: Path | None):
-    """The recipe's `encode` section; without one, the `ae` checkpoint and latents beside it."""
-    from diladiff_cli.config.stages import EncodeConfig
-
-    if cfg.encode is not None:
-        return cfg.encode
-    ae_out = Path(_ae_section(cfg, recipe).out)
-    return EncodeConfig(checkpoint=str(ae_out), out=str(ae_out.with_name(ae_out.stem + "-latents")))
 
 
 @app.command("train-ae")
@@ -270,15 +257,13 @@ def train_ae(
     recipe: RecipeArg = None,
     set_: SetOpt = None,
     dry_run: DryRunOpt = False,
-    steps: Annotated[
-        int | None, typer.Option(help="Optimizer steps (default: the recipe's).")
-    ] = None,
+    steps: StepsOpt = None,
     out: Annotated[Path | None, typer.Option(help="Checkpoint to write.")] = None,
     base: Annotated[
         str | None,
         typer.Option(help="Base MDLM for the decoder: a train-mdlm checkpoint or an MDLM hub id."),
     ] = None,
-    resume: Annotated[bool, typer.Option(help="Continue an interrupted run.")] = True,
+    resume: ResumeOpt = True,
     seed: SeedOpt = None,
     device: DeviceOpt = "auto",
     precision: PrecisionArg = PrecisionOpt.fp32,
@@ -290,13 +275,12 @@ def train_ae(
     More than one GPU or node: torchrun --nproc_per_node=8 -m diladiff_cli train-ae
     recipes/paper/ae_owt.yaml
     """
-    overrides = list(set_ or [])
-    overrides += [f"ae.train.steps={steps}"] if steps is not None else []
-    overrides += [f"ae.out={out}"] if out is not None else []
-    overrides += [f"ae.decoder.base={base}"] if base is not None else []
-    overrides += [f"ae.train.seed={seed}"] if seed is not None else []
-    cfg = _recipe(recipe, overrides, None)
-    ae = _ae_section(cfg, recipe)
+    cfg = _load(
+        recipe,
+        set_,
+        {"ae.train.steps": steps, "ae.out": out, "ae.decoder.base": base, "ae.train.seed": seed},
+    )
+    ae = require_section(cfg, "ae", "stage 1")
     if dry_run:
         return _dry_run({"data": cfg.data, "ae": ae})
     from diladiff_cli.ae import train_ae as run
@@ -357,69 +341,41 @@ def encode(
     More than one GPU: torchrun --nproc_per_node=8 -m diladiff_cli encode RECIPE
     (each process encodes its own range of shards).
     """
-    from diladiff_cli.ae import encode_split, encode_texts, load_autoencoder, save_text_latents
-
-    cfg = _recipe(recipe, list(set_ or []), None)
-    enc = _encode_section(cfg, recipe)
-    changes = {
-        "checkpoint": str(checkpoint) if checkpoint is not None else None,
-        "splits": tuple(split) if split else None,
-        "out": str(out) if out is not None else None,
+    cfg = _load(recipe, set_, {})
+    options = {
+        "checkpoint": checkpoint,
+        "splits": split or None,
+        "out": out,
         "shard_size": shard_size,
         "batch_size": batch_size,
         "limit": limit,
     }
-    try:
-        enc = dataclasses.replace(enc, **{k: v for k, v in changes.items() if v is not None})
-    except ValueError as err:
-        raise DiladiffError(str(err)) from None
-    if any(s not in ("train", "valid") for s in enc.splits):
-        raise DiladiffError(f"--split must be train or valid, got {', '.join(enc.splits)}")
+    enc = with_options(encode_section(cfg), options, name="encode")
     if dry_run:
         return _dry_run(enc)
+    from diladiff_cli.encode import encode_given_texts, encode_splits, read_text_file
+
     runtime = _runtime(device)
-    texts = list(text or [])
-    if text_file is not None:
-        if not text_file.is_file():
-            raise DiladiffError(f"text file not found: {text_file}")
-        texts += [line for line in text_file.read_text().splitlines() if line.strip()]
     if text is not None or text_file is not None:
-        if not runtime.is_main:
-            return
-        loaded = load_autoencoder(enc.checkpoint, device=runtime.device)
-        encoded = encode_texts(loaded, texts, truncate=truncate)
-        if save is not None:
-            save_text_latents(save, encoded, loaded)
-        _print_json(
-            {
-                "checkpoint": enc.checkpoint,
-                "shape": list(encoded.latents.shape),
-                "normalization": loaded.model.latent_norm,
-                "encoder_tokens": encoded.lengths,
-                "truncated": encoded.truncated,
-                "saved": str(save) if save is not None else None,
-                "latents": [
-                    [[round(v, 4) for v in row] for row in z] for z in encoded.latents.tolist()
-                ],
-            }
-        )
+        texts = list(text or []) + (read_text_file(text_file) if text_file is not None else [])
+        if runtime.is_main:
+            _print_json(
+                encode_given_texts(
+                    checkpoint=enc.checkpoint,
+                    texts=texts,
+                    device=runtime.device,
+                    truncate=truncate,
+                    save=save,
+                )
+            )
         return
-    reporter = RichReporter(enabled=runtime.is_main)
-    results = [
-        encode_split(
-            checkpoint=enc.checkpoint,
-            data_dir=cfg.data.out,
-            split=name,
-            out=Path(enc.out) / name,
-            shard_size=enc.shard_size,
-            batch_size=enc.batch_size,
-            runtime=runtime,
-            precision=precision.value,
-            limit=enc.limit or None,
-            reporter=reporter,
-        )
-        for name in enc.splits
-    ]
+    results = encode_splits(
+        enc,
+        data_dir=cfg.data.out,
+        runtime=runtime,
+        precision=precision.value,
+        reporter=RichReporter(enabled=runtime.is_main),
+    )
     if runtime.is_main:
         _print_json({"latents": [to_dict(r) for r in results]})
 
@@ -440,7 +396,7 @@ def sample(
     temperature: Annotated[float | None, typer.Option(help="Decoder temperature.")] = None,
     top_p: Annotated[float | None, typer.Option(help="Nucleus mass (1 = off).")] = None,
     out: Annotated[Path | None, typer.Option(help="JSONL file to write.")] = None,
-    seed: Annotated[int, typer.Option(help="Sampling seed.")] = 0,
+    seed: Annotated[int | None, typer.Option(help="Sampling seed (default: the recipe's).")] = None,
     device: DeviceOpt = "auto",
     precision: PrecisionArg = PrecisionOpt.fp32,
     show: Annotated[int, typer.Option(help="Print this many samples.")] = 2,
@@ -486,87 +442,62 @@ def sample(
 
     Example: diladiff sample --ncont 5 --ndisc 64
     """
-    overrides = list(set_ or [])
-    for key, value in (
-        ("checkpoint", checkpoint),
-        ("ndisc", ndisc),
-        ("num_samples", num_samples),
-        ("batch_size", batch_size),
-        ("selection", selection.value if selection else None),
-        ("temperature", temperature),
-        ("top_p", top_p),
-        ("out", out),
-        ("ncont", ncont),
-        ("autoencoder", autoencoder),
-        ("model", model.value if model else ("diladiff" if ncont is not None else None)),
-    ):
-        if value is not None:
-            overrides.append(f"sample.{key}={value}")
-    cfg = _recipe(recipe, overrides, None)
+    given = {
+        "checkpoint": checkpoint,
+        "ndisc": ndisc,
+        "num_samples": num_samples,
+        "batch_size": batch_size,
+        "selection": selection,
+        "temperature": temperature,
+        "top_p": top_p,
+        "out": out,
+        "seed": seed,
+        "ncont": ncont,
+        "autoencoder": autoencoder,
+        "model": model or ("diladiff" if ncont is not None else None),
+    }
+    cfg = _load(recipe, set_, {f"sample.{k}": v for k, v in given.items()})
     if dry_run:
         return _dry_run(cfg.sample)
-    from diladiff_cli.sample import SampleSettings, sample_mdlm, write_samples
-
-    s = cfg.sample
-    settings = SampleSettings(
-        num_samples=s.num_samples,
-        batch_size=s.batch_size,
-        ndisc=s.ndisc,
-        selection=s.selection,
-        temperature=s.temperature,
-        top_p=s.top_p,
-        seed=seed,
+    from diladiff_cli.sample import (
+        Sources,
+        generate,
+        resolve_request,
+        sample_settings,
+        write_samples,
     )
+
     runtime = _runtime(device)
     if not runtime.is_main:
         return
-    if from_text or reconstruct:
-        from diladiff_cli.ae import reconstruct as run_reconstruct
-
-        s = dataclasses.replace(
-            s,
-            checkpoint=str(checkpoint or _encode_section(cfg, recipe).checkpoint),
-            out=str(out or Path(s.out).with_name("reconstruct.jsonl")),
-        )
-        result = run_reconstruct(
-            checkpoint=s.checkpoint,
-            settings=settings,
-            runtime=runtime,
-            precision=precision.value,
-            texts=from_text,
+    rebuild = bool(from_text or reconstruct)
+    request = resolve_request(
+        cfg.sample,
+        reconstruct=rebuild,
+        ae_checkpoint=encode_section(cfg).checkpoint if rebuild and checkpoint is None else None,
+        explicit=frozenset(k for k, v in given.items() if v is not None),
+    )
+    result = generate(
+        model=request.model,
+        checkpoint=request.checkpoint,
+        settings=sample_settings(cfg.sample),
+        runtime=runtime,
+        autoencoder=request.autoencoder,
+        ncont=request.ncont,
+        precision=precision.value,
+        reporter=RichReporter(enabled=True),
+        sources=Sources(
+            texts=tuple(from_text or ()),
             num_blocks=reconstruct or 0,
             data_dir=cfg.data.out,
             truncate=truncate,
-            reporter=RichReporter(enabled=True),
-        )
-    elif s.model != "mdlm" or autoencoder is not None:
-        from diladiff_cli.sample import sample_hybrid
-
-        if out is None:
-            s = dataclasses.replace(s, out=str(Path(s.out).with_name(f"{s.model}.jsonl")))
-        latent = {"mdlm": None, "ladiff": s.prior, "diladiff": s.student}[s.model]
-        result = sample_hybrid(
-            autoencoder=s.autoencoder,
-            latent_model=latent,
-            ncont=ncont if ncont is not None else (s.ncont or None),  # --ncont 0: an error
-            settings=settings,
-            runtime=runtime,
-            precision=precision.value,
-            reporter=RichReporter(enabled=True),
-        )
-    else:
-        result = sample_mdlm(
-            checkpoint=s.checkpoint,
-            settings=settings,
-            runtime=runtime,
-            precision=precision.value,
-            reporter=RichReporter(enabled=True),
-        )
-    meta = write_samples(result, s.out)
+        ),
+    )
+    meta = write_samples(result, request.out)
     for text in result.texts[:show]:
         err_console.rule()
         err_console.print(text, markup=False, highlight=False)
-    _print_json({"samples": s.out, "meta": str(meta), "timing": to_dict(result.timing)})
+    _print_json({"samples": request.out, "meta": str(meta), "timing": to_dict(result.timing)})
 
 
 @app.command("train-judge")
@@ -575,11 +506,9 @@ def train_judge(
     recipe: RecipeArg = None,
     set_: SetOpt = None,
     dry_run: DryRunOpt = False,
-    steps: Annotated[
-        int | None, typer.Option(help="Optimizer steps (default: the recipe's).")
-    ] = None,
+    steps: StepsOpt = None,
     out: Annotated[Path | None, typer.Option(help="Judge directory to write.")] = None,
-    resume: Annotated[bool, typer.Option(help="Continue an interrupted run.")] = True,
+    resume: ResumeOpt = True,
     seed: SeedOpt = None,
     device: DeviceOpt = "auto",
     precision: PrecisionArg = PrecisionOpt.fp32,
@@ -589,11 +518,9 @@ def train_judge(
 
     Example: diladiff train-judge recipes/tiny/default.yaml
     """
-    overrides = list(set_ or [])
-    overrides += [f"judge.train.steps={steps}"] if steps is not None else []
-    overrides += [f"judge.out={out}"] if out is not None else []
-    overrides += [f"judge.train.seed={seed}"] if seed is not None else []
-    cfg = _recipe(recipe, overrides, None)
+    cfg = _load(
+        recipe, set_, {"judge.train.steps": steps, "judge.out": out, "judge.train.seed": seed}
+    )
     if dry_run:
         return _dry_run({"data": cfg.data, "judge": cfg.judge})
     from diladiff_cli.judge import train_judge as run
@@ -654,18 +581,15 @@ def eval_(
 
     Example: diladiff eval runs/tiny/samples/mdlm.jsonl
     """
-    overrides = list(set_ or [])
-    for key, value in (
-        ("scorer.name", scorer),
-        ("scorer.batch_size", batch_size),
-        ("scorer.precision", precision.value if precision else None),
-        ("eos", eos.value if eos else None),
-        ("num_references", num_references),
-        ("mauve.enabled", mauve),
-    ):
-        if value is not None:
-            overrides.append(f"eval.{key}={value}")
-    cfg = _recipe(recipe, overrides, None)
+    options = {
+        "scorer.name": scorer,
+        "scorer.batch_size": batch_size,
+        "scorer.precision": precision,
+        "eos": eos,
+        "num_references": num_references,
+        "mauve.enabled": mauve,
+    }
+    cfg = _load(recipe, set_, {f"eval.{k}": v for k, v in options.items()})
     if dry_run:
         return _dry_run(cfg.eval)
     if out is not None and len(samples) != 1:
@@ -700,10 +624,7 @@ def pareto(
 
     Example: diladiff pareto recipes/tiny/default.yaml
     """
-    overrides = list(set_ or [])
-    overrides += [f"pareto.out={out}"] if out is not None else []
-    overrides += [f"pareto.num_samples={num_samples}"] if num_samples is not None else []
-    cfg = _recipe(recipe, overrides, None)
+    cfg = _load(recipe, set_, {"pareto.out": out, "pareto.num_samples": num_samples})
     if dry_run:
         return _dry_run({"pareto": cfg.pareto, "eval": cfg.eval})
     from diladiff_cli.pareto import run_sweep
@@ -731,21 +652,13 @@ def pareto(
     )
 
 
-def _prior_section(cfg: Recipe, recipe: Path | None):
-    if cfg.prior is None:
-        raise DiladiffError(f"recipe {recipe or 'default'} has no 'prior' section (stage 2)")
-    return cfg.prior
-
-
 @app.command("train-prior")
 @handles_errors
 def train_prior(
     recipe: RecipeArg = None,
     set_: SetOpt = None,
     dry_run: DryRunOpt = False,
-    steps: Annotated[
-        int | None, typer.Option(help="Optimizer steps (default: the recipe's).")
-    ] = None,
+    steps: StepsOpt = None,
     out: Annotated[Path | None, typer.Option(help="Checkpoint to write.")] = None,
     latents: Annotated[
         Path | None, typer.Option(help="`encode` output (train/ and valid/ inside).")
@@ -753,7 +666,7 @@ def train_prior(
     autoencoder: Annotated[
         Path | None, typer.Option(help="The autoencoder the latents must come from.")
     ] = None,
-    resume: Annotated[bool, typer.Option(help="Continue an interrupted run.")] = True,
+    resume: ResumeOpt = True,
     seed: SeedOpt = None,
     device: DeviceOpt = "auto",
     precision: PrecisionArg = PrecisionOpt.fp32,
@@ -766,14 +679,18 @@ def train_prior(
 
     More than one GPU or node: torchrun --nproc_per_node=8 -m diladiff_cli train-prior RECIPE
     """
-    overrides = list(set_ or [])
-    overrides += [f"prior.train.steps={steps}"] if steps is not None else []
-    overrides += [f"prior.out={out}"] if out is not None else []
-    overrides += [f"prior.latents={latents}"] if latents is not None else []
-    overrides += [f"prior.autoencoder={autoencoder}"] if autoencoder is not None else []
-    overrides += [f"prior.train.seed={seed}"] if seed is not None else []
-    cfg = _recipe(recipe, overrides, None)
-    section = _prior_section(cfg, recipe)
+    cfg = _load(
+        recipe,
+        set_,
+        {
+            "prior.train.steps": steps,
+            "prior.out": out,
+            "prior.latents": latents,
+            "prior.autoencoder": autoencoder,
+            "prior.train.seed": seed,
+        },
+    )
+    section = require_section(cfg, "prior", "stage 2")
     if dry_run:
         return _dry_run({"prior": section})
     from diladiff_cli.prior import train_prior as run
@@ -805,9 +722,7 @@ def distill(
     teacher: Annotated[
         Path | None, typer.Option(help="The prior to distil (a train-prior checkpoint).")
     ] = None,
-    steps: Annotated[
-        int | None, typer.Option(help="Optimizer steps (default: the recipe's).")
-    ] = None,
+    steps: StepsOpt = None,
     out: Annotated[Path | None, typer.Option(help="Student checkpoint to write.")] = None,
     objective: Annotated[
         ObjectiveOpt | None,
@@ -816,7 +731,7 @@ def distill(
     latents: Annotated[
         Path | None, typer.Option(help="`encode` output (default: the teacher's latents).")
     ] = None,
-    resume: Annotated[bool, typer.Option(help="Continue an interrupted run.")] = True,
+    resume: ResumeOpt = True,
     seed: SeedOpt = None,
     device: DeviceOpt = "auto",
     precision: PrecisionArg = PrecisionOpt.fp32,
@@ -827,14 +742,18 @@ def distill(
 
     More than one GPU or node: torchrun --nproc_per_node=8 -m diladiff_cli distill RECIPE
     """
-    overrides = list(set_ or [])
-    overrides += [f"distill.teacher={teacher}"] if teacher is not None else []
-    overrides += [f"distill.train.steps={steps}"] if steps is not None else []
-    overrides += [f"distill.out={out}"] if out is not None else []
-    overrides += [f"distill.objective={objective.value}"] if objective is not None else []
-    overrides += [f"distill.latents={latents}"] if latents is not None else []
-    overrides += [f"distill.train.seed={seed}"] if seed is not None else []
-    cfg = _recipe(recipe, overrides, None)
+    cfg = _load(
+        recipe,
+        set_,
+        {
+            "distill.teacher": teacher,
+            "distill.train.steps": steps,
+            "distill.out": out,
+            "distill.objective": objective,
+            "distill.latents": latents,
+            "distill.train.seed": seed,
+        },
+    )
     if dry_run:
         return _dry_run({"distill": cfg.distill})
     from diladiff_cli.prior import distill as run

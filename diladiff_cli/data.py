@@ -49,6 +49,7 @@ import torch
 from diladiff_cli import hub
 from diladiff_cli.config.data import CorpusConfig, DataConfig
 from diladiff_cli.errors import DiladiffError
+from diladiff_cli.structs import from_dict
 
 PACKING_VERSION = 1  # bump when the block layout changes: invalidates every cache
 PACK_BATCH_DOCS = 1000  # documents per map batch (each batch drops its own remainder)
@@ -95,6 +96,45 @@ class DataInfo:
     """Human-readable description of the corpus and its split."""
     reused: bool = False
     """True when ``prepare`` found an up-to-date cache and did nothing."""
+
+
+@dataclass(frozen=True)
+class DataRecord:
+    """What a decoder checkpoint remembers of the data it was trained on (the data part
+    of its metadata's ``extra``): the vocabulary, the special tokens, the tokenizer."""
+
+    vocab_size: int
+    mask_id: int
+    bos_id: int
+    eos_id: int
+    seq_len: int
+    tokenizer: str
+    """The tokenizer directory (resolved) or hub name."""
+    data_dir: str = ""
+    """The prepared data (resolved)."""
+    data_fingerprint: str = ""
+    """:attr:`DataInfo.fingerprint` of that data."""
+
+    @classmethod
+    def of(cls, info: DataInfo, data_dir: str | Path) -> DataRecord:
+        """The record of prepared data ``info`` found in ``data_dir``."""
+        tokenizer = Path(info.tokenizer_dir)
+        return cls(
+            vocab_size=info.vocab_size,
+            mask_id=info.mask_id,
+            bos_id=info.bos_id,
+            eos_id=info.eos_id,
+            seq_len=info.seq_len,
+            tokenizer=str(tokenizer.resolve()) if tokenizer.exists() else info.tokenizer_dir,
+            data_dir=str(Path(data_dir).resolve()),
+            data_fingerprint=info.fingerprint,
+        )
+
+    @classmethod
+    def from_extra(cls, extra: dict[str, Any], *, source: str) -> DataRecord:
+        """Read the record back from a checkpoint's ``extra`` (other keys are ignored)."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        return from_dict(cls, {k: v for k, v in extra.items() if k in names}, source=source)
 
 
 Progress = Callable[[str], None]

@@ -1,8 +1,9 @@
-"""Quality and speed of a sample set: GenPPL, MAUVE, entropy, BERTScore, throughput.
+"""Evaluating a sample set: read it, decode it, score it against held-out text.
 
-One call of :func:`evaluate_samples` reads a sample file written by ``diladiff
-sample`` (JSONL plus its ``.meta.json`` timing record) and returns one
-:class:`EvalRecord`, written as ``<stem>.eval.json`` beside the samples.
+:meth:`Evaluator.evaluate` reads a sample file written by ``diladiff sample``
+(JSONL plus its ``.meta.json`` timing record) and returns one :class:`EvalRecord`;
+:func:`write_record` writes it as ``<stem>.eval.json`` beside the samples. The
+measures themselves (GenPPL, entropy, MAUVE) are in :mod:`diladiff_cli.metrics`.
 
 What is compared with what (fixed, and recorded in every record):
 
@@ -19,60 +20,46 @@ What is compared with what (fixed, and recorded in every record):
     EOS**; everything after it is discarded (any other special token inside is
     removed). A sample that starts with EOS becomes empty and scores 0 tokens.
 
-* **GenPPL**: each text is re-tokenised with the scorer's own tokenizer (no
-  special tokens added), prefixed with the scorer's BOS (else its EOS), and cut
-  into windows of the scorer's context length C that overlap by one token, so
-  that every text token is predicted exactly once, with at most C - 1 tokens of
-  context (a text of at most C - 1 tokens is one window: the paper recipes score
-  1024-token samples with gpt2-large in 1024-token chunks). The BOS itself is not
-  scored and no EOS is appended. GenPPL = exp(sum of NLL / number of scored
-  tokens) over the whole sample set (token-weighted, not a mean of per-sample
-  perplexities).
-* **Entropy**: per sample, the entropy (nats) of the unigram distribution of
-  its decoder token ids that the EOS policy keeps; averaged over samples (an
-  empty sample has entropy 0).
-* **MAUVE** (mauve-text) between the samples and as many held-out reference
-  texts: blocks of the prepared split (``valid``), drawn with a fixed seed; all
-  blocks and samples have the same decoder-token length L (checked). Features:
-  the package's own featuriser (``featurizer: mauve``: last-token state of the
-  last layer, ``gpt2-large`` in the paper recipes), or a local encoder
-  (``mean``: mean of the last hidden states over non-pad tokens; ``last``: the
-  last non-pad token's state), passed as ``p_features``/``q_features``.
+* **GenPPL** of the decoded texts under the scorer (``eval.scorer``), in
+  overlapping windows of its context length, token-weighted over the set.
+* **Entropy**: per sample, of the decoder token ids that the EOS policy keeps.
+* **MAUVE** between the samples and as many held-out reference texts: blocks of
+  the prepared split (``valid``), drawn with a fixed seed; all blocks and samples
+  have the same decoder-token length L (checked). Features: ``eval.mauve``.
 * The **floor**: the same GenPPL and entropy computed on the reference texts
   (what a perfect sampler would reach), and the scorer's own validation
   perplexity when the scorer is a judge trained by ``diladiff train-judge``.
-
-Heavy optional libraries (mauve, bert_score, sklearn) are imported inside the
-functions that need them: the GPU machines lack them and training does not
-need them.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from diladiff_cli import hub
-from diladiff_cli.checkpoint import atomic_write_text
-from diladiff_cli.config.evaluation import EosPolicy, EvalConfig, Featurizer
-from diladiff_cli.config.stages import MINILM
-from diladiff_cli.config.train import Precision
+from diladiff_cli.config.evaluation import EosPolicy, EvalConfig
 from diladiff_cli.data import load_blocks, load_data_info
 from diladiff_cli.errors import DiladiffError
+from diladiff_cli.files import atomic_write_json
+from diladiff_cli.judge import read_judge_record
+from diladiff_cli.metrics import (
+    MauveResult,
+    PerplexityResult,
+    TextFeaturizer,
+    entropy,
+    genppl,
+    mauve_score,
+    scorer_context,
+)
 from diladiff_cli.sample import meta_path
-from diladiff_cli.train import Reporter, autocast
-
-JUDGE_RECORD = "judge.json"  # written by `train-judge` into the judge directory
-
+from diladiff_cli.train import Reporter
 
 # ----------------------------------------------------------------------------- records
 
@@ -98,36 +85,6 @@ class Speed:
     seconds_total: float
     latent_share: float
     device: str
-
-
-@dataclass(frozen=True)
-class PerplexityResult:
-    """GenPPL of a list of texts.
-
-    Attributes:
-        genppl: exp(nll_sum.sum() / num_tokens.sum()); NaN when no token was scored.
-        mean_nll: the token-weighted mean NLL (nats).
-        total_tokens: scored scorer tokens over all texts.
-        nll_sum: ``(N,)`` float64, summed NLL of each text.
-        num_tokens: ``(N,)`` int64, scored tokens of each text.
-    """
-
-    genppl: float
-    mean_nll: float
-    total_tokens: int
-    nll_sum: np.ndarray
-    num_tokens: np.ndarray
-
-
-@dataclass(frozen=True)
-class MauveResult:
-    """A MAUVE score and the settings that produced it."""
-
-    mauve: float
-    num_clusters: int
-    frontier_integral: float
-    num_p: int
-    num_q: int
 
 
 @dataclass(frozen=True)
@@ -213,311 +170,6 @@ class EvalRecord:
     mauve_settings: dict[str, Any] | None
     speed: Speed
     seconds_eval: float
-
-
-# ----------------------------------------------------------------------------- metrics
-
-
-def token_entropy(ids: Sequence[int]) -> float:
-    """Entropy (nats) of the unigram distribution of ``ids``; 0 for an empty list."""
-    if len(ids) == 0:
-        return 0.0
-    _, counts = np.unique(np.asarray(ids, dtype=np.int64), return_counts=True)
-    p = counts / counts.sum()
-    return float(-(p * np.log(p)).sum())
-
-
-def entropy(samples: Sequence[Sequence[int]]) -> float:
-    """Mean over samples of :func:`token_entropy` (MDLM's diversity measure)."""
-    if len(samples) == 0:
-        raise DiladiffError("entropy of an empty sample set")
-    return float(np.mean([token_entropy(ids) for ids in samples]))
-
-
-def scoring_windows(length: int, context: int) -> list[tuple[int, int]]:
-    """Windows ``(start, end)`` over a sequence of ``length`` scorer tokens.
-
-    Window ``ids[start:end]`` predicts ``ids[start + 1:end]``; consecutive windows
-    overlap by one token, so every token but the first is predicted exactly once.
-    """
-    if context < 2:
-        raise ValueError(f"context must be at least 2, got {context}")
-    windows, start = [], 0
-    while start + 1 < length:
-        windows.append((start, min(start + context, length)))
-        start += context - 1
-    return windows
-
-
-def _scorer_context(model: Any, requested: int) -> int:
-    config = model.config
-    limit = getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings", None)
-    if requested:
-        if limit and requested > limit:
-            raise DiladiffError(
-                f"eval.scorer.context {requested} exceeds the scorer's maximum of {limit} positions"
-            )
-        return requested
-    if not limit:
-        raise DiladiffError("the scorer's config gives no maximum length: set eval.scorer.context")
-    return int(limit)
-
-
-def _prefix_id(tokenizer: Any) -> int:
-    bos = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
-    if bos is None:
-        raise DiladiffError(
-            f"scorer tokenizer {tokenizer.name_or_path} has neither a BOS nor an EOS token"
-        )
-    return int(bos)
-
-
-@torch.no_grad()
-def genppl(
-    texts: Sequence[str],
-    *,
-    model: Any,
-    tokenizer: Any,
-    batch_size: int = 16,
-    context: int = 0,
-    precision: Precision = "fp32",
-) -> PerplexityResult:
-    """Generative perplexity of ``texts`` under a causal LM (see the module docstring).
-
-    Args:
-        texts: the texts (already decoded, EOS policy applied).
-        model: a Hugging Face causal LM in eval mode; it stays on its device.
-        tokenizer: the scorer's tokenizer.
-        batch_size: windows per forward pass.
-        context: window length; 0 = the model's maximum positions.
-        precision: autocast precision of the forward pass (the NLL is fp32).
-
-    Returns:
-        A :class:`PerplexityResult`.
-    """
-    device = next(model.parameters()).device
-    ctx = _scorer_context(model, context)
-    prefix = _prefix_id(tokenizer)
-    encoded = tokenizer(
-        list(texts), add_special_tokens=False, return_attention_mask=False, verbose=False
-    )["input_ids"]
-    windows: list[tuple[int, list[int]]] = []  # (text index, window ids)
-    for i, ids in enumerate(encoded):
-        seq = [prefix, *ids]
-        windows += [(i, seq[a:b]) for a, b in scoring_windows(len(seq), ctx)]
-    windows.sort(key=lambda w: -len(w[1]))  # similar lengths together: less padding
-    nll_sum = np.zeros(len(encoded), dtype=np.float64)
-    num_tokens = np.zeros(len(encoded), dtype=np.int64)
-    for lo in range(0, len(windows), batch_size):
-        chunk = windows[lo : lo + batch_size]
-        width = len(chunk[0][1])
-        ids = torch.zeros(len(chunk), width, dtype=torch.long)
-        mask = torch.zeros(len(chunk), width, dtype=torch.long)
-        for r, (_, w) in enumerate(chunk):
-            ids[r, : len(w)] = torch.tensor(w)
-            mask[r, : len(w)] = 1
-        ids, mask = ids.to(device), mask.to(device)
-        with autocast(device, precision):
-            logits = model(input_ids=ids, attention_mask=mask).logits  # (B, W, V)
-        nll = F.cross_entropy(
-            logits[:, :-1].float().transpose(1, 2), ids[:, 1:], reduction="none"
-        )  # (B, W - 1)
-        nll = (nll * mask[:, 1:]).double().sum(dim=1).cpu().numpy()
-        for r, (i, w) in enumerate(chunk):
-            nll_sum[i] += nll[r]
-            num_tokens[i] += len(w) - 1
-    total = int(num_tokens.sum())
-    mean = float(nll_sum.sum() / total) if total else float("nan")
-    return PerplexityResult(
-        genppl=math.exp(mean) if total else float("nan"),
-        mean_nll=mean,
-        total_tokens=total,
-        nll_sum=nll_sum,
-        num_tokens=num_tokens,
-    )
-
-
-def mauve_score(
-    p_features: np.ndarray,
-    q_features: np.ndarray,
-    *,
-    num_clusters: int = 0,
-    seed: int = 25,
-    scaling: float = 5.0,
-    explained_variance: float = 0.9,
-    kmeans_redo: int = 5,
-    kmeans_max_iter: int = 500,
-) -> MauveResult:
-    """MAUVE (mauve-text) between two feature sets, offline.
-
-    Args:
-        p_features: ``(N, D)`` features of one text set (the samples).
-        q_features: ``(M, D)`` features of the other (the references).
-        num_clusters: k-means clusters; 0 = mauve's ``auto`` (max(2, round(min(N, M) / 10))).
-        seed: k-means seed.
-        scaling: MAUVE's scaling factor c.
-        explained_variance: PCA keeps this share of the variance.
-        kmeans_redo: k-means restarts.
-        kmeans_max_iter: k-means iterations.
-
-    Returns:
-        A :class:`MauveResult`.
-    """
-    from mauve import compute_mauve
-
-    p = np.asarray(p_features, dtype=np.float32)
-    q = np.asarray(q_features, dtype=np.float32)
-    if p.ndim != 2 or q.ndim != 2 or p.shape[1] != q.shape[1]:
-        raise DiladiffError(
-            f"MAUVE needs (N, D) features of one width, got {p.shape} and {q.shape}"
-        )
-    if min(len(p), len(q)) < 2:
-        raise DiladiffError("MAUVE needs at least 2 texts on each side")
-    out = compute_mauve(
-        p_features=p,
-        q_features=q,
-        num_buckets=num_clusters or "auto",
-        kmeans_explained_var=explained_variance,
-        kmeans_num_redo=kmeans_redo,
-        kmeans_max_iter=kmeans_max_iter,
-        mauve_scaling_factor=scaling,
-        seed=seed,
-        verbose=False,
-    )
-    return MauveResult(
-        mauve=float(out.mauve),
-        num_clusters=int(out.num_buckets),
-        frontier_integral=float(out.frontier_integral),
-        num_p=len(p),
-        num_q=len(q),
-    )
-
-
-def resolve_model_name(name: str) -> str:
-    """``"minilm"`` -> the shipped MiniLM directory; anything else unchanged."""
-    return str(hub.minilm_dir()) if name == MINILM else name
-
-
-class TextFeaturizer:
-    """Text -> feature vectors for MAUVE.
-
-    Args:
-        name: hub id or local directory (``"minilm"``: the shipped MiniLM).
-        pooling: ``"mauve"`` (the package's own featuriser: the last token's
-            last-layer state, as with gpt2-large), ``"mean"`` (mean of the last
-            hidden states over non-pad tokens) or ``"last"`` (the last non-pad
-            token's state).
-        max_length: tokens per text (longer texts are truncated).
-        batch_size: texts per forward pass.
-        device: where the encoder runs.
-    """
-
-    def __init__(
-        self,
-        *,
-        name: str,
-        pooling: Featurizer,
-        max_length: int,
-        batch_size: int,
-        device: torch.device,
-    ) -> None:
-        from transformers import AutoModel
-
-        self.name = name
-        self.pooling = pooling
-        self.max_length = max_length
-        self.batch_size = batch_size
-        self.path = resolve_model_name(name)
-        self.tokenizer = hub.load_tokenizer(self.path)
-        if self.tokenizer.pad_token is None:  # GPT-2 style: pad with EOS (masked out anyway)
-            self.tokenizer.pad_token = self.tokenizer.eos_token
-        self.tokenizer.padding_side = "right"  # pooling below assumes it
-        self.model = hub.load_auto_model(self.path, AutoModel).to(device).eval()
-        self.device = device
-
-    @torch.no_grad()
-    def __call__(self, texts: Sequence[str]) -> np.ndarray:
-        """``(N, D)`` float32 features of ``texts``."""
-        if self.pooling == "mauve":
-            return self._package_features(texts)
-        feats = []
-        for lo in range(0, len(texts), self.batch_size):
-            enc = self.tokenizer(
-                list(texts[lo : lo + self.batch_size]),
-                padding=True,
-                truncation=True,
-                max_length=self.max_length,
-                return_tensors="pt",
-            ).to(self.device)
-            hidden = self.model(**enc).last_hidden_state.float()  # (B, T, D)
-            mask = enc["attention_mask"].float()  # (B, T)
-            if self.pooling == "mean":
-                pooled = (hidden * mask[..., None]).sum(1) / mask.sum(1, keepdim=True).clamp(min=1)
-            else:
-                last = mask.sum(1).long().clamp(min=1) - 1  # right padding: last real token
-                pooled = hidden[torch.arange(len(hidden)), last]
-            feats.append(pooled.cpu())
-        return torch.cat(feats).numpy()
-
-    def _package_features(self, texts: Sequence[str]) -> np.ndarray:
-        from mauve.utils import featurize_tokens_from_model
-
-        fallback = self.tokenizer.eos_token_id or 0  # an empty text has no last token
-        tokens = []
-        for text in texts:
-            ids = self.tokenizer.encode(
-                text, truncation=True, max_length=self.max_length, verbose=False
-            ) or [fallback]
-            tokens.append(torch.tensor([ids]))
-        feats = featurize_tokens_from_model(self.model, tokens, self.batch_size, name="texts")
-        return feats.float().numpy()
-
-
-def bertscore_f1(
-    candidates: Sequence[str],
-    references: Sequence[str],
-    *,
-    model: str = MINILM,
-    num_layers: int | None = 6,
-    batch_size: int = 64,
-    device: str | torch.device = "cpu",
-) -> np.ndarray:
-    """BERTScore-F1 of each candidate against its reference (bert-score, no rescaling).
-
-    Args:
-        candidates: N texts.
-        references: N texts, paired with the candidates.
-        model: hub id or local directory (``"minilm"``: the shipped MiniLM); a
-            local directory needs ``num_layers``.
-        num_layers: which layer's states are compared.
-        batch_size: texts per forward pass.
-        device: where the encoder runs.
-
-    Returns:
-        ``(N,)`` float64 F1 scores.
-    """
-    if len(candidates) != len(references):
-        raise DiladiffError(
-            f"BERTScore needs paired texts: {len(candidates)} candidates, {len(references)} references"
-        )
-    if not candidates:
-        raise DiladiffError("BERTScore of an empty list")
-    path = resolve_model_name(model)
-    if Path(path).is_dir() and num_layers is None:
-        raise DiladiffError(f"BERTScore with a local model ({path}) needs num_layers")
-    hub.load_tokenizer(path)  # fails fast, in one line, if the model cannot be had
-    from bert_score import score
-
-    _, _, f1 = score(
-        list(candidates),
-        list(references),
-        model_type=path,
-        num_layers=num_layers,
-        batch_size=batch_size,
-        device=str(device),
-        rescale_with_baseline=False,  # a baseline file exists only for hub model names
-    )
-    return f1.double().numpy()
 
 
 def speed_from_meta(meta: dict[str, Any], *, source: str = "meta record") -> Speed:
@@ -683,15 +335,134 @@ def check_same_tokenizer(
 # ----------------------------------------------------------------------------- evaluator
 
 
-def read_judge_record(scorer: str) -> dict[str, Any] | None:
-    """The ``judge.json`` a trained judge carries (None for any other scorer)."""
-    path = Path(scorer) / JUDGE_RECORD
-    if not path.is_file():
-        return None
-    try:
-        return json.loads(path.read_text())
-    except ValueError:
-        return None
+def load_scorer(name: str, device: torch.device) -> tuple[Any, Any]:
+    """The GenPPL scorer: a Hugging Face causal LM in eval mode on ``device``, and its
+    tokenizer.
+
+    Args:
+        name: a judge directory written by ``diladiff train-judge``, or a hub id.
+        device: where the model runs.
+
+    Raises:
+        DiladiffError: ``name`` is a path with no directory behind it.
+    """
+    from transformers import AutoModelForCausalLM
+
+    if hub._looks_like_path(name) and not Path(name).expanduser().is_dir():
+        raise DiladiffError(
+            f"scorer {name} not found: train it with `diladiff train-judge` "
+            "or set eval.scorer.name (e.g. gpt2-large)"
+        )
+    tokenizer = hub.load_tokenizer(name)
+    model = hub.load_auto_model(name, AutoModelForCausalLM)
+    return model.to(device).eval(), tokenizer
+
+
+def read_references(
+    data_dir: str | Path, *, text: BlockText, split: str, num: int, seed: int, offset: int = 0
+) -> ReferenceSet:
+    """``num`` held-out blocks (see :func:`reference_blocks`), decoded by ``text``."""
+    indices, blocks = reference_blocks(data_dir, split=split, num=num, seed=seed, offset=offset)
+    kept, texts = text(blocks.tolist())
+    return ReferenceSet(
+        texts=texts,
+        token_ids=kept,
+        indices=indices,
+        split=split,
+        seq_len=int(blocks.shape[1]),
+    )
+
+
+def mauve_settings(cfg: EvalConfig, result: MauveResult, *, feature_path: str) -> dict[str, Any]:
+    """What a record's MAUVE score was measured with (its ``mauve_settings``)."""
+    m = cfg.mauve
+    return {
+        "feature_model": m.features,
+        "feature_path": feature_path,
+        "featurizer": m.featurizer,
+        "max_length": m.max_length,
+        "num_clusters": result.num_clusters,
+        "seed": m.seed,
+        "scaling": m.scaling,
+        "explained_variance": m.explained_variance,
+        "kmeans_redo": m.kmeans_redo,
+        "kmeans_max_iter": m.kmeans_max_iter,
+        "num_samples": result.num_p,
+        "num_references": result.num_q,
+        "reference_split": cfg.reference_split,
+        "reference_seed": cfg.reference_seed,
+    }
+
+
+class Scorers:
+    """The GenPPL scorer and the MAUVE featuriser of one evaluation config, each loaded
+    when first used, and the two measures with the config's settings.
+
+    Args:
+        cfg: the evaluation settings (``cfg.scorer``, ``cfg.mauve``).
+        device: where the scorer and the featuriser run.
+        log: progress messages.
+    """
+
+    def __init__(
+        self, *, cfg: EvalConfig, device: torch.device, log: Callable[[str], None]
+    ) -> None:
+        self.cfg = cfg
+        self.device = device
+        self.log = log
+        self._scorer: tuple[Any, Any] | None = None
+        self._featurizer: TextFeaturizer | None = None
+
+    def scorer(self) -> tuple[Any, Any]:
+        """(model, tokenizer) of the GenPPL scorer, loaded once."""
+        if self._scorer is None:
+            self._scorer = load_scorer(self.cfg.scorer.name, self.device)
+            self.log(f"scorer {self.cfg.scorer.name}: context {self.context()}")
+        return self._scorer
+
+    def context(self) -> int:
+        """The scorer's GenPPL window length."""
+        return scorer_context(self.scorer()[0], self.cfg.scorer.context)
+
+    def featurizer(self) -> TextFeaturizer:
+        """The MAUVE featuriser, loaded once."""
+        if self._featurizer is None:
+            m = self.cfg.mauve
+            self._featurizer = TextFeaturizer(
+                name=m.features,
+                pooling=m.featurizer,
+                max_length=m.max_length,
+                batch_size=m.batch_size,
+                device=self.device,
+            )
+        return self._featurizer
+
+    def genppl(self, texts: Sequence[str]) -> PerplexityResult:
+        """GenPPL of ``texts`` under the scorer."""
+        model, tokenizer = self.scorer()
+        s = self.cfg.scorer
+        return genppl(
+            texts,
+            model=model,
+            tokenizer=tokenizer,
+            batch_size=s.batch_size,
+            context=s.context,
+            precision=s.precision,
+        )
+
+    def mauve(self, p: np.ndarray, q: np.ndarray) -> MauveResult:
+        """MAUVE between two feature sets, with the config's clustering settings."""
+        m = self.cfg.mauve
+        return mauve_score(
+            p,
+            q,
+            num_clusters=m.num_clusters,
+            seed=m.seed,
+            scaling=m.scaling,
+            explained_variance=m.explained_variance,
+            kmeans_redo=m.kmeans_redo,
+            kmeans_max_iter=m.kmeans_max_iter,
+        )
 
 
 class Evaluator:
@@ -728,8 +499,7 @@ class Evaluator:
             eos_id=self.info.eos_id,
             mask_id=self.info.mask_id,
         )
-        self._scorer: tuple[Any, Any] | None = None
-        self._featurizer: TextFeaturizer | None = None
+        self.scorers = Scorers(cfg=cfg, device=self.device, log=self._log)
         self._refs: dict[tuple[int, int], tuple[ReferenceSet, dict[str, Any]]] = {}
         self.judge = read_judge_record(cfg.scorer.name)
 
@@ -737,97 +507,35 @@ class Evaluator:
         if self.reporter is not None:
             self.reporter.log(message)
 
-    # -- lazily loaded parts
-
-    def scorer(self) -> tuple[Any, Any]:
-        """(model, tokenizer) of the GenPPL scorer, loaded once."""
-        if self._scorer is None:
-            from transformers import AutoModelForCausalLM
-
-            name = self.cfg.scorer.name
-            if hub._looks_like_path(name) and not Path(name).expanduser().is_dir():
-                raise DiladiffError(
-                    f"scorer {name} not found: train it with `diladiff train-judge` "
-                    "or set eval.scorer.name (e.g. gpt2-large)"
-                )
-            tokenizer = hub.load_tokenizer(name)
-            model = hub.load_auto_model(name, AutoModelForCausalLM)
-            self._scorer = (model.to(self.device).eval(), tokenizer)
-            self._log(f"scorer {name}: context {_scorer_context(model, self.cfg.scorer.context)}")
-        return self._scorer
-
-    def featurizer(self) -> TextFeaturizer:
-        if self._featurizer is None:
-            m = self.cfg.mauve
-            self._featurizer = TextFeaturizer(
-                name=m.features,
-                pooling=m.featurizer,
-                max_length=m.max_length,
-                batch_size=m.batch_size,
-                device=self.device,
-            )
-        return self._featurizer
-
-    def _genppl(self, texts: Sequence[str]) -> PerplexityResult:
-        model, tokenizer = self.scorer()
-        s = self.cfg.scorer
-        return genppl(
-            texts,
-            model=model,
-            tokenizer=tokenizer,
-            batch_size=s.batch_size,
-            context=s.context,
-            precision=s.precision,
-        )
-
-    def _mauve(self, p: np.ndarray, q: np.ndarray) -> MauveResult:
-        m = self.cfg.mauve
-        return mauve_score(
-            p,
-            q,
-            num_clusters=m.num_clusters,
-            seed=m.seed,
-            scaling=m.scaling,
-            explained_variance=m.explained_variance,
-            kmeans_redo=m.kmeans_redo,
-            kmeans_max_iter=m.kmeans_max_iter,
-        )
+    @property
+    def scorer_valid_ppl(self) -> float | None:
+        """The judge's own validation perplexity (None for a scorer that is not a judge)."""
+        return self.judge.get("valid_ppl") if self.judge else None
 
     # -- references
-
-    def _num_references(self, num_samples: int) -> int:
-        return self.cfg.num_references or num_samples
 
     def references(self, num: int, *, offset: int = 0) -> tuple[ReferenceSet, dict[str, Any]]:
         """``num`` reference texts and their scores (GenPPL, entropy, features), cached."""
         key = (num, offset)
         if key not in self._refs:
-            indices, blocks = reference_blocks(
+            refs = read_references(
                 self.data_dir,
+                text=self.text,
                 split=self.cfg.reference_split,
                 num=num,
                 seed=self.cfg.reference_seed,
                 offset=offset,
             )
-            kept, texts = self.text(blocks.tolist())
-            refs = ReferenceSet(
-                texts=texts,
-                token_ids=kept,
-                indices=indices,
-                split=self.cfg.reference_split,
-                seq_len=int(blocks.shape[1]),
-            )
-            scores: dict[str, Any] = {}
-            self._refs[key] = (refs, scores)
+            self._refs[key] = (refs, {})  # the scores are filled in when first needed
         return self._refs[key]
 
     def _reference_scores(self, num: int, *, offset: int = 0) -> dict[str, Any]:
         refs, scores = self.references(num, offset=offset)
         if "genppl" not in scores:
-            scores["genppl"] = self._genppl(refs.texts).genppl
+            scores["genppl"] = self.scorers.genppl(refs.texts).genppl
             scores["entropy"] = entropy(refs.token_ids)
         if self.cfg.mauve.enabled and "features" not in scores:
-            scores["features"] = self.featurizer()(refs.texts)
+            scores["features"] = self.scorers.featurizer()(refs.texts)
         return scores
 
     def floor(self, num: int) -> ReferenceFloor:
@@ -841,13 +549,13 @@ class Evaluator:
             except DiladiffError:  # the split is too small for a second, disjoint set
                 other = None
             if other is not None:
-                mauve_real = self._mauve(other["features"], scores["features"]).mauve
+                mauve_real = self.scorers.mauve(other["features"], scores["features"]).mauve
         return ReferenceFloor(
             genppl=scores["genppl"],
             entropy=scores["entropy"],
             num_references=num,
             mauve_real=mauve_real,
-            scorer_valid_ppl=self.judge.get("valid_ppl") if self.judge else None,
+            scorer_valid_ppl=self.scorer_valid_ppl,
         )
 
     # -- one sample set
@@ -867,9 +575,9 @@ class Evaluator:
                 f"{samples.path}: samples are {length} tokens long, the reference blocks of "
                 f"{self.data_dir} {self.info.seq_len}: MAUVE and GenPPL compare equal lengths"
             )
-        num = self._num_references(len(samples.tokens))
+        num = self.cfg.num_references or len(samples.tokens)
         self.references(num)  # raises when the split is too small
-        self.scorer()  # raises when the scorer cannot be loaded
+        self.scorers.scorer()  # raises when the scorer cannot be loaded
         return num
 
     def evaluate(self, path: str | Path) -> EvalRecord:
@@ -880,34 +588,17 @@ class Evaluator:
         num_refs = self.check(samples)
         kept, texts = self.text(samples.tokens.tolist())
         self._log(f"eval {samples.path}: GenPPL")
-        ppl = self._genppl(texts)
+        ppl = self.scorers.genppl(texts)
         if ppl.total_tokens == 0:
             raise DiladiffError(f"{samples.path}: no sample has any text to score")
         ref = self._reference_scores(num_refs)
-        mauve = None
-        mauve_settings = None
+        mauve, settings = None, None
         if self.cfg.mauve.enabled:
             self._log(f"eval {samples.path}: MAUVE")
-            result = self._mauve(self.featurizer()(texts), ref["features"])
+            featurizer = self.scorers.featurizer()
+            result = self.scorers.mauve(featurizer(texts), ref["features"])
             mauve = result.mauve
-            m = self.cfg.mauve
-            mauve_settings = {
-                "feature_model": m.features,
-                "feature_path": self.featurizer().path,
-                "featurizer": m.featurizer,
-                "max_length": m.max_length,
-                "num_clusters": result.num_clusters,
-                "seed": m.seed,
-                "scaling": m.scaling,
-                "explained_variance": m.explained_variance,
-                "kmeans_redo": m.kmeans_redo,
-                "kmeans_max_iter": m.kmeans_max_iter,
-                "num_samples": result.num_p,
-                "num_references": result.num_q,
-                "reference_split": self.cfg.reference_split,
-                "reference_seed": self.cfg.reference_seed,
-            }
-        model, _ = self.scorer()
+            settings = mauve_settings(self.cfg, result, feature_path=featurizer.path)
         s = self.cfg.scorer
         return EvalRecord(
             samples=str(samples.path),
@@ -920,21 +611,24 @@ class Evaluator:
             genppl=ppl.genppl,
             genppl_tokens=ppl.total_tokens,
             reference_genppl=ref["genppl"],
-            scorer_valid_ppl=self.judge.get("valid_ppl") if self.judge else None,
+            scorer_valid_ppl=self.scorer_valid_ppl,
             entropy=entropy(kept),
             reference_entropy=ref["entropy"],
             mauve=mauve,
             scorer={
                 "name": s.name,
-                "context": _scorer_context(model, s.context),
+                "context": self.scorers.context(),
                 "precision": s.precision,
                 "batch_size": s.batch_size,
                 "num_references": num_refs,
             },
-            mauve_settings=mauve_settings,
+            mauve_settings=settings,
             speed=speed,
             seconds_eval=time.perf_counter() - t0,
         )
+
+
+# ----------------------------------------------------------------------------- records on disk
 
 
 def record_path(samples: str | Path) -> Path:
@@ -945,36 +639,5 @@ def record_path(samples: str | Path) -> Path:
 
 def write_record(record: EvalRecord, out: str | Path) -> Path:
     """Write a record as JSON, atomically."""
-    atomic_write_text(out, json.dumps(asdict(record), indent=2) + "\n")
+    atomic_write_json(out, asdict(record), indent=2)
     return Path(out)
-
-
-def evaluate_samples(
-    samples: str | Path,
-    *,
-    cfg: EvalConfig,
-    data_dir: str | Path,
-    device: torch.device | str = "cpu",
-    out: str | Path | None = None,
-    reporter: Reporter | None = None,
-) -> EvalRecord:
-    """Evaluate one sample file and write its record (``<stem>.eval.json`` by default).
-
-    Args:
-        samples: a JSONL file written by ``diladiff sample`` (its ``.meta.json`` beside it).
-        cfg: the evaluation settings.
-        data_dir: the prepared data the samples' model was trained on (its tokenizer
-            decodes the samples; its ``cfg.reference_split`` gives the references).
-        device: where the scorer and the featuriser run.
-        out: the record's path.
-        reporter: progress messages.
-
-    Returns:
-        The :class:`EvalRecord` (written only when complete).
-    """
-    evaluator = Evaluator(
-        cfg=cfg, data_dir=data_dir, device=torch.device(device), reporter=reporter
-    )
-    record = evaluator.evaluate(samples)
-    write_record(record, out or record_path(samples))
-    return record

@@ -36,16 +36,35 @@ from diladiff_cli.checkpoint import CheckpointMeta, load_checkpoint, load_into
 from diladiff_cli.config.data import DataConfig
 from diladiff_cli.config.stages import JudgeModelConfig, JudgeStageConfig
 from diladiff_cli.config.train import Precision
-from diladiff_cli.data import load_data_info
+from diladiff_cli.data import DataRecord, load_data_info
 from diladiff_cli.diffusion.masked import TokenBatch
 from diladiff_cli.distributed import Runtime
 from diladiff_cli.errors import DiladiffError
-from diladiff_cli.evaluate import JUDGE_RECORD
-from diladiff_cli.mdlm import TokenBlocks, data_extra
+from diladiff_cli.mdlm import TokenBlocks
 from diladiff_cli.objective import LossOutput, StepContext
+from diladiff_cli.structs import to_dict
 from diladiff_cli.train import Reporter, evaluate, seed_everything, train
 
 STAGE = "judge"
+JUDGE_RECORD = "judge.json"  # in the judge directory: its validation perplexity, step, data
+
+
+def read_judge_record(scorer: str) -> dict[str, Any] | None:
+    """The ``judge.json`` a trained judge carries (None for any other scorer).
+
+    Args:
+        scorer: the scorer's name: a judge directory, or any other hub id or path.
+
+    Returns:
+        The record, or None when ``scorer`` holds no readable one.
+    """
+    path = Path(scorer) / JUDGE_RECORD
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except ValueError:
+        return None
 
 
 @dataclass(frozen=True)
@@ -202,7 +221,7 @@ def train_judge(
         cfg=cfg.train,
         out=ckpt,
         meta=CheckpointMeta(
-            stage=STAGE, step=0, config=stage_config, extra=data_extra(info, data.out)
+            stage=STAGE, step=0, config=stage_config, extra=to_dict(DataRecord.of(info, data.out))
         ),
         runtime=runtime,
         precision=precision,

@@ -32,8 +32,8 @@ import safetensors
 import safetensors.torch
 import torch
 
-from diladiff_cli.checkpoint import atomic_write_bytes, atomic_write_json
 from diladiff_cli.errors import DiladiffError
+from diladiff_cli.files import atomic_write_bytes, atomic_write_json
 
 FORMAT = "diladiff-latents"
 VERSION = 1

@@ -18,13 +18,13 @@ from diladiff_cli.checkpoint import CheckpointMeta, load_checkpoint, load_into, 
 from diladiff_cli.config.data import DataConfig
 from diladiff_cli.config.models import DiTConfig
 from diladiff_cli.config.train import Precision, TrainConfig
-from diladiff_cli.data import DataInfo, load_blocks, load_data_info
+from diladiff_cli.data import DataInfo, DataRecord, load_blocks, load_data_info
 from diladiff_cli.diffusion.masked import LogLinearSchedule, MaskedDiffusionLoss, TokenBatch
 from diladiff_cli.distributed import Runtime
 from diladiff_cli.errors import CheckpointError, DiladiffError
 from diladiff_cli.models.dit import DiT
 from diladiff_cli.models.mdlm_import import load_mdlm_pretrained
-from diladiff_cli.structs import from_dict
+from diladiff_cli.structs import from_dict, to_dict
 from diladiff_cli.train import Reporter, TrainResult, seed_everything, train
 
 STAGE = "mdlm"
@@ -41,22 +41,6 @@ class TokenBlocks:
 
     def batch(self, indices: np.ndarray) -> TokenBatch:
         return TokenBatch(tokens=self.blocks.tokens(indices))
-
-
-def data_extra(info: DataInfo, data_dir: str | Path) -> dict[str, Any]:
-    """What a decoder checkpoint must remember of its data: vocabulary and tokenizer."""
-    return {
-        "vocab_size": info.vocab_size,
-        "mask_id": info.mask_id,
-        "bos_id": info.bos_id,
-        "eos_id": info.eos_id,
-        "seq_len": info.seq_len,
-        "tokenizer": str(Path(info.tokenizer_dir).resolve())
-        if Path(info.tokenizer_dir).exists()
-        else info.tokenizer_dir,
-        "data_dir": str(Path(data_dir).resolve()),
-        "data_fingerprint": info.fingerprint,
-    }
 
 
 def check_model_fits_data(model: DiTConfig, info: DataInfo, *, source: str) -> None:
@@ -112,7 +96,7 @@ def train_mdlm(
         init_weights(model, init_from)
     objective = MaskedDiffusionLoss(schedule=LogLinearSchedule(eps=noise_eps), mask_id=info.mask_id)
     meta = CheckpointMeta(
-        stage=STAGE, step=0, config=stage_config, extra=data_extra(info, data.out)
+        stage=STAGE, step=0, config=stage_config, extra=to_dict(DataRecord.of(info, data.out))
     )
     return train(
         model=model,
@@ -136,14 +120,14 @@ class LoadedMDLM:
     Attributes:
         model: the DiT in eval mode on the requested device.
         config: its architecture.
-        extra: the data facts stored with it (vocab, mask id, tokenizer, seq_len).
+        data: the data it was trained on (vocab, special tokens, tokenizer, seq_len).
         schedule: its noise schedule.
         step: training steps it had.
     """
 
     model: DiT
     config: DiTConfig
-    extra: dict[str, Any]
+    data: DataRecord
     schedule: LogLinearSchedule
     step: int
 
@@ -163,5 +147,9 @@ def load_mdlm(path: str | Path, *, device: torch.device) -> LoadedMDLM:
     model.to(device).eval()
     schedule = LogLinearSchedule(eps=float(meta.config.get("noise_eps", 1e-3)))
     return LoadedMDLM(
-        model=model, config=config, extra=meta.extra, schedule=schedule, step=meta.step
+        model=model,
+        config=config,
+        data=DataRecord.from_extra(meta.extra, source=f"{path} metadata"),
+        schedule=schedule,
+        step=meta.step,
     )

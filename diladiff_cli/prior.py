@@ -279,6 +279,7 @@ class LatentModel:
     Attributes:
         kind: ``prior`` (probability-flow ODE) or ``distill`` (few-step MeanFlow sampler).
         model: the network in eval mode.
+        net: its shape.
         flow: the process its output is read in.
         latent: the latent record (shape, normalisation, autoencoder sha256...).
         config: the stage config it was trained with (plain data).
@@ -291,6 +292,7 @@ class LatentModel:
 
     kind: Literal["prior", "distill"]
     model: LatentDiT
+    net: LatentDiTConfig
     flow: GaussianFlow
     latent: dict[str, Any]
     config: dict[str, Any]
@@ -303,7 +305,7 @@ class LatentModel:
     @property
     def shape(self) -> tuple[int, int]:
         """``(N, D)`` of one latent."""
-        return self.model.config.num_latents, self.model.config.latent_dim
+        return self.net.num_latents, self.net.latent_dim
 
     @property
     def autoencoder_sha256(self) -> str | None:
@@ -343,6 +345,7 @@ def load_prior(path: str | Path, *, device: torch.device | str = "cpu") -> Laten
     return LatentModel(
         kind=PRIOR,
         model=model.to(device).eval(),
+        net=cfg.model,
         flow=GaussianFlow.from_config(cfg.flow),
         latent=meta.extra,
         config=meta.config,
@@ -376,6 +379,7 @@ def load_student(path: str | Path, *, device: torch.device | str = "cpu") -> Lat
     return LatentModel(
         kind=DISTILL,
         model=model.to(device).eval(),
+        net=model_cfg,
         flow=GaussianFlow.from_config(flow_cfg),
         latent=meta.extra.get("latent", {}),
         config=meta.config,
@@ -398,10 +402,15 @@ def load_latent_model(path: str | Path, *, device: torch.device | str = "cpu") -
 # ----------------------------------------------------------------------------- stage 3
 
 
-def init_student(teacher: LatentDiT) -> LatentDiT:
-    """A two-time student with the teacher's weights; its (t - r) branch is zero, so it
-    computes exactly the teacher's output for every r."""
-    student = LatentDiT.from_config(dataclasses.replace(teacher.config, two_times=True))
+def student_config(teacher: LatentDiTConfig) -> LatentDiTConfig:
+    """The student's shape: the teacher's, conditioned on a second time r."""
+    return dataclasses.replace(teacher, two_times=True)
+
+
+def init_student(teacher: LatentDiT, config: LatentDiTConfig) -> LatentDiT:
+    """A two-time student with the teacher's weights (``config``: the teacher's shape);
+    its (t - r) branch is zero, so it computes exactly the teacher's output for every r."""
+    student = LatentDiT.from_config(student_config(config))
     own = student.state_dict()
     extra = sorted(k for k in own if k not in teacher.state_dict())
     if any(not k.startswith("dt_embed.") for k in extra):  # an architecture bug, not user error
@@ -434,7 +443,7 @@ def fit_student(
         DiladiffError: the latents come from another autoencoder than the teacher's,
             or have another shape.
     """
-    check_latent_shape(teacher.model.config, data.shape, source=f"teacher {teacher.path}")
+    check_latent_shape(teacher.net, data.shape, source=f"teacher {teacher.path}")
     data_sha = (data.record.get("autoencoder") or {}).get("sha256")
     if teacher.autoencoder_sha256 and data_sha != teacher.autoencoder_sha256:
         raise DiladiffError(
@@ -443,14 +452,14 @@ def fit_student(
             f"trained on (sha256 {teacher.autoencoder_sha256[:12]})"
         )
     seed_everything(cfg.train.seed)
-    student = init_student(teacher.model.cpu())
+    student = init_student(teacher.model.cpu(), teacher.net)
     loss_cls = MeanFlowLoss if cfg.objective == "meanflow" else TVMLoss
     objective = loss_cls(
         teacher=teacher.model, flow=teacher.flow, times=cfg.time, weighting=cfg.weighting
     )
     config = {
         **to_dict(cfg),
-        "model": to_dict(student.config),
+        "model": to_dict(student_config(teacher.net)),
         "flow": {
             "schedule": teacher.flow.schedule,
             "prediction": teacher.flow.prediction,

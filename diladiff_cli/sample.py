@@ -1,14 +1,18 @@
-"""Generation with timing: draw samples, decode them, write JSONL plus a timing record.
+"""Generation with timing: one entry, :func:`generate`, for every model.
 
-Three models, compared on equal footing:
+Four modes, compared on equal footing (one batch loop, one timing record):
 
-* ``mdlm``: the base MDLM checkpoint (``train-mdlm``), or with ``--autoencoder`` the
-  autoencoder's decoder with the null latent (the same network LaDiff decodes with);
-* ``ladiff``: z from the latent prior's probability-flow ODE (``--ncont``, ~200), then
-  the latent-conditioned decoder;
-* ``diladiff``: z from the distilled MeanFlow student (``--ncont``, ~5), then the decoder.
+* ``mdlm``: the base MDLM checkpoint (``train-mdlm``), or an autoencoder checkpoint,
+  whose decoder then runs with the null latent (the same network LaDiff decodes with);
+* ``ladiff``: z from the latent prior's probability-flow ODE (``ncont``, ~200), then
+  the autoencoder's latent-conditioned decoder;
+* ``diladiff``: z from the distilled MeanFlow student (``ncont``, ~5), then the decoder;
+* ``reconstruct``: z from the autoencoder's encoder on given texts or held-out blocks,
+  then the decoder (stage 1's reconstruction; the record holds the token accuracy).
 
-Output of one call, both written atomically:
+Every batch ``b`` decodes with a generator seeded :func:`batch_seed` ``(seed, b)``.
+
+Output of :func:`write_samples`, both files written atomically:
 
 * ``<out>`` (JSONL): one sample a line, ``{"index", "seed", "text", "tokens"}``;
   ``tokens`` are the raw ids of the whole block (BOS/EOS included), ``text`` is
@@ -19,23 +23,32 @@ Output of one call, both written atomically:
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
+import numpy as np
 import torch
 
-from diladiff_cli.checkpoint import atomic_write_bytes, atomic_write_json, atomic_write_text
-from diladiff_cli.config.stages import Selection
+from diladiff_cli.ae import LoadedAutoencoder, decode_latents, load_autoencoder
+from diladiff_cli.checkpoint import read_meta
+from diladiff_cli.config.stages import SampleConfig, Selection
 from diladiff_cli.config.train import Precision
-from diladiff_cli.diffusion.masked import sample_masked
+from diladiff_cli.diffusion.masked import SampleOutput, sample_masked
 from diladiff_cli.distributed import Runtime, device_name, synchronize
-from diladiff_cli.errors import DiladiffError
+from diladiff_cli.encode import encode_texts
+from diladiff_cli.encoder import TwoViewBlocks
+from diladiff_cli.errors import CheckpointError, DiladiffError
+from diladiff_cli.files import atomic_write_bytes, atomic_write_json, atomic_write_text
 from diladiff_cli.hub import load_tokenizer
+from diladiff_cli.latent_shards import file_sha256
 from diladiff_cli.mdlm import load_mdlm
+from diladiff_cli.prior import LatentModel, check_autoencoder, load_latent_model, sample_latents
 from diladiff_cli.train import Reporter, autocast
 
 SEED_STRIDE = 100003  # a prime: batch b of seed s draws from s * SEED_STRIDE + b
@@ -116,87 +129,442 @@ class SampleResult:
     info: dict[str, Any] = field(default_factory=dict)
 
 
-def sample_mdlm(
+@dataclass(frozen=True)
+class Sources:
+    """What ``reconstruct`` decodes from: free texts, or the first ``num_blocks`` blocks
+    of a split of prepared data (default: the data the autoencoder was trained on)."""
+
+    texts: tuple[str, ...] = ()
+    num_blocks: int = 0
+    data_dir: str | None = None
+    split: str = "valid"
+    truncate: bool = False  # cut texts too long for the encoder or a block (else refuse)
+
+
+Model = Literal["mdlm", "ladiff", "diladiff", "reconstruct"]
+LatentDraw = Callable[[int, int], "tuple[torch.Tensor | None, float, float]"]
+"""``draw(batch, size) -> (z (size, N, D) or None, seconds, forward passes)``."""
+Decode = Callable[[torch.Tensor | None, int, torch.Generator], SampleOutput]
+"""``decode(z, size, generator) -> SampleOutput`` with ``tokens`` ``(size, L)``."""
+
+
+@dataclass
+class _Plan:
+    """What one mode plugs into the batch loop."""
+
+    description: str
+    num: int  # samples to draw
+    seq_len: int
+    tokenizer: Any  # decodes the token ids
+    decode: Decode
+    draw: LatentDraw
+    info: dict[str, Any]
+    seconds_latent: float = 0.0  # latent time spent before the loop (reconstruct's encoder)
+    latent_passes: float | None = None  # fixed latent passes per batch (reconstruct: 1)
+
+
+@dataclass(frozen=True)
+class SampleRequest:
+    """What `sample` draws and where it writes it (see :func:`resolve_request`)."""
+
+    model: Model
+    checkpoint: str
+    autoencoder: str | None
+    ncont: int | None
+    out: str
+
+
+def resolve_request(
+    cfg: SampleConfig,
     *,
+    reconstruct: bool = False,
+    ae_checkpoint: str | None = None,
+    explicit: frozenset[str] = frozenset(),
+) -> SampleRequest:
+    """Map the recipe's ``sample`` section to a model, its checkpoints and an output.
+
+    * reconstruct: the autoencoder (``cfg.checkpoint`` when given, else
+      ``ae_checkpoint``), written to ``reconstruct.jsonl`` beside ``cfg.out``;
+    * ``ladiff`` / ``diladiff``, or ``mdlm`` with an explicit autoencoder (its decoder
+      with the null latent): ``<model>.jsonl`` beside ``cfg.out``;
+    * ``mdlm``: ``cfg.checkpoint`` to ``cfg.out``.
+
+    Args:
+        cfg: the ``sample`` section, options already applied.
+        reconstruct: decode from the latents of given texts or blocks.
+        ae_checkpoint: the recipe's autoencoder (its ``encode`` section's checkpoint).
+        explicit: which of ``checkpoint``, ``out``, ``ncont``, ``autoencoder`` the user
+            gave: an explicit output is kept as it is; an explicit ``ncont`` is checked
+            (0 is an error), while the recipe's 0 means the checkpoint's default.
+    """
+    out = Path(cfg.out)
+    if reconstruct:
+        checkpoint = cfg.checkpoint if "checkpoint" in explicit else ae_checkpoint
+        if checkpoint is None:
+            raise DiladiffError("reconstruction needs an autoencoder (--checkpoint)")
+        name = out if "out" in explicit else out.with_name("reconstruct.jsonl")
+        return SampleRequest("reconstruct", str(checkpoint), None, None, str(name))
+    if cfg.model == "mdlm" and "autoencoder" not in explicit:
+        return SampleRequest("mdlm", cfg.checkpoint, None, None, cfg.out)
+    name = out if "out" in explicit else out.with_name(f"{cfg.model}.jsonl")
+    ncont = cfg.ncont if "ncont" in explicit else (cfg.ncont or None)
+    if cfg.model == "mdlm":  # the autoencoder's decoder with the null latent
+        return SampleRequest("mdlm", cfg.autoencoder, None, None, str(name))
+    latent = cfg.prior if cfg.model == "ladiff" else cfg.student
+    return SampleRequest(cfg.model, latent, cfg.autoencoder, ncont, str(name))
+
+
+def sample_settings(cfg: SampleConfig) -> SampleSettings:
+    """The sampler settings of the recipe's ``sample`` section."""
+    return SampleSettings(
+        num_samples=cfg.num_samples,
+        batch_size=cfg.batch_size,
+        ndisc=cfg.ndisc,
+        selection=cfg.selection,
+        temperature=cfg.temperature,
+        top_p=cfg.top_p,
+        seed=cfg.seed,
+    )
+
+
+def generate(
+    *,
+    model: Model,
     checkpoint: str | Path,
     settings: SampleSettings,
     runtime: Runtime,
+    autoencoder: str | Path | None = None,
+    ncont: int | None = None,
     precision: Precision = "fp32",
     reporter: Reporter | None = None,
+    latent_cache: str | Path | None = None,
+    sources: Sources | None = None,
 ) -> SampleResult:
-    """Sample from a ``train-mdlm`` checkpoint with the masked diffusion sampler."""
-    loaded = load_mdlm(checkpoint, device=runtime.device)
-    extra = loaded.extra
-    tokenizer = load_tokenizer(extra["tokenizer"])
-    seq_len = int(extra["seq_len"])
-    model = loaded.model
+    """Draw samples from any of the four models and time them.
 
-    def model_fn(tokens: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-        with autocast(runtime.device, precision):
-            return model(tokens, sigma)
+    Args:
+        model: ``mdlm``, ``ladiff``, ``diladiff`` or ``reconstruct``.
+        checkpoint: ``mdlm``: a ``train-mdlm`` checkpoint, or a ``train-ae`` one (its
+            decoder with the null latent); ``ladiff`` / ``diladiff``: the prior / the
+            distilled student; ``reconstruct``: the autoencoder.
+        settings: the discrete sampler's settings (``num_samples`` is ignored by
+            ``reconstruct``: one sample per source).
+        runtime: device.
+        autoencoder: ``ladiff`` / ``diladiff``: the autoencoder whose decoder turns z
+            into tokens (the latent model must have been trained on its latents).
+        ncont: continuous steps (default: the latent checkpoint's).
+        precision: decoder autocast precision (the latent ODE always runs in float32).
+        reporter: progress sink.
+        latent_cache: ``ladiff`` / ``diladiff``: a directory where each batch of
+            latents is kept, keyed by the latent checkpoint's sha256, the device, ncont,
+            seed and size, with the seconds and forward passes measured when it was
+            drawn. A sweep over discrete settings (Ndisc, selection, temperature) then
+            draws each z once; the timing record still carries the latent stage's
+            measured cost. None: no cache.
+        sources: ``reconstruct``: what to encode.
 
-    all_tokens, passes = [], []
-    n_batches = -(-settings.num_samples // settings.batch_size)
+    Raises:
+        DiladiffError: a latent model of another kind or trained on another
+            autoencoder's latents, ncont < 1, sources missing or too long.
+    """
+    if model == "reconstruct":
+        plan = _reconstruct_plan(checkpoint, settings, runtime, precision, sources or Sources())
+    elif model == "mdlm" and _stage(checkpoint) != "ae":
+        plan = _mdlm_plan(checkpoint, settings, runtime, precision)
+    elif model == "mdlm":
+        plan = _latent_plan(checkpoint, None, None, settings, runtime, precision, None)
+    else:
+        if autoencoder is None:
+            raise DiladiffError(f"--model {model} needs an autoencoder to decode its latents")
+        plan = _latent_plan(
+            autoencoder, checkpoint, ncont, settings, runtime, precision, latent_cache
+        )
+        if plan.info["model"] != model:
+            raise DiladiffError(
+                f"{checkpoint} is a {plan.info['model']} latent model, not a {model} one"
+            )
+    return _run(plan, settings, runtime.device, reporter)
+
+
+def _run(
+    plan: _Plan, settings: SampleSettings, device: torch.device, reporter: Reporter | None
+) -> SampleResult:
+    """The one batch loop: latents, then the masked sampler, timed per stage."""
+    n_batches = -(-plan.num // settings.batch_size)
+    tokens, passes, latent_passes = [], [], []
+    seconds_latent, seconds_discrete = plan.seconds_latent, 0.0
     if reporter is not None:
-        reporter.start(total=n_batches, done=0, description="sample mdlm")
-    synchronize(runtime.device)
-    t0 = time.perf_counter()
+        reporter.start(total=n_batches, done=0, description=plan.description)
     try:
-        with torch.no_grad():
-            for b in range(n_batches):
-                size = min(settings.batch_size, settings.num_samples - b * settings.batch_size)
-                gen = torch.Generator(device=runtime.device).manual_seed(
-                    batch_seed(settings.seed, b)
-                )
-                out = sample_masked(
-                    model_fn,
-                    batch_size=size,
-                    seq_len=seq_len,
-                    mask_id=int(extra["mask_id"]),
-                    steps=settings.ndisc,
-                    schedule=loaded.schedule,
-                    selection=settings.selection,
-                    temperature=settings.temperature,
-                    top_p=settings.top_p,
-                    cache=not loaded.config.time_conditioning,
-                    generator=gen,
-                    device=runtime.device,
-                    time_conditioned=loaded.config.time_conditioning,
-                )
-                all_tokens.append(out.tokens.cpu())
-                passes.append(out.forward_passes)
-                if reporter is not None:
-                    reporter.update(step=b + 1, metrics={"forward_passes": out.forward_passes})
+        for b in range(n_batches):
+            size = min(settings.batch_size, plan.num - b * settings.batch_size)
+            z, seconds, latent_forwards = plan.draw(b, size)
+            seconds_latent += seconds
+            latent_passes.append(latent_forwards)
+            gen = torch.Generator(device=device).manual_seed(batch_seed(settings.seed, b))
+            synchronize(device)
+            t0 = time.perf_counter()
+            out = plan.decode(z, size, gen)
+            synchronize(device)
+            seconds_discrete += time.perf_counter() - t0
+            tokens.append(out.tokens.cpu())
+            passes.append(out.forward_passes)
+            if reporter is not None:
+                reporter.update(step=b + 1, metrics={"forward_passes": out.forward_passes})
     finally:
         if reporter is not None:
             reporter.stop()
-    synchronize(runtime.device)
-    seconds = time.perf_counter() - t0
-    tokens = torch.cat(all_tokens)
-    texts = tokenizer.batch_decode(tokens.tolist(), skip_special_tokens=True)
+    all_tokens = torch.cat(tokens)
+    texts = plan.tokenizer.batch_decode(all_tokens.tolist(), skip_special_tokens=True)
     mean_passes = sum(passes) / len(passes)
+    total = seconds_latent + seconds_discrete
     timing = Timing(
-        seconds_total=seconds,
-        seconds_latent=0.0,
-        seconds_discrete=seconds,
+        seconds_total=total,
+        seconds_latent=seconds_latent,
+        seconds_discrete=seconds_discrete,
         forward_passes_discrete=mean_passes,
-        forward_passes_latent=0.0,
-        tokens_per_forward=seq_len / mean_passes,
-        seconds_per_sample=seconds / settings.num_samples,
-        latent_share=0.0,
-        device=device_name(runtime.device),
+        forward_passes_latent=(
+            plan.latent_passes
+            if plan.latent_passes is not None
+            else sum(latent_passes) / len(latent_passes)
+        ),
+        tokens_per_forward=plan.seq_len / mean_passes,
+        seconds_per_sample=total / plan.num,
+        latent_share=seconds_latent / total if total > 0 else 0.0,
+        device=device_name(device),
     )
+    info = dict(plan.info)
+    if "sources" in info:  # reconstruct: how close each decode came to its source
+        accuracy = token_accuracy(all_tokens, info.pop("source_tokens"))
+        info["token_accuracy"] = sum(accuracy) / plan.num
+        info["per_sample_accuracy"] = accuracy
+        info["sources"] = info.pop("sources")  # the record's key order: sources last
+    used = dataclasses.replace(settings, num_samples=plan.num)
+    return SampleResult(texts=texts, tokens=all_tokens, timing=timing, settings=used, info=info)
+
+
+def _stage(path: str | Path) -> str | None:
+    """The stage that wrote a checkpoint, or None when it is not one of ours."""
+    try:
+        return read_meta(path).stage
+    except CheckpointError:
+        return None
+
+
+def _no_latent(batch: int, size: int) -> tuple[None, float, float]:
+    return None, 0.0, 0.0
+
+
+def _mdlm_plan(
+    checkpoint: str | Path, settings: SampleSettings, runtime: Runtime, precision: Precision
+) -> _Plan:
+    """A ``train-mdlm`` checkpoint with the masked diffusion sampler."""
+    loaded = load_mdlm(checkpoint, device=runtime.device)
+    data, net = loaded.data, loaded.model
+    seq_len = data.seq_len
+    time_cond = loaded.config.time_conditioning
+
+    def model_fn(tokens: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        with autocast(runtime.device, precision):
+            return net(tokens, sigma)
+
+    @torch.no_grad()
+    def decode(z: None, size: int, generator: torch.Generator) -> SampleOutput:
+        return sample_masked(
+            model_fn,
+            batch_size=size,
+            seq_len=seq_len,
+            mask_id=data.mask_id,
+            steps=settings.ndisc,
+            schedule=loaded.schedule,
+            selection=settings.selection,
+            temperature=settings.temperature,
+            top_p=settings.top_p,
+            cache=not time_cond,
+            generator=generator,
+            device=runtime.device,
+            time_conditioned=time_cond,
+        )
+
     info = {
         "model": "mdlm",
         "ncont": 0,
         "checkpoint": str(Path(checkpoint).resolve()),
         "checkpoint_step": loaded.step,
         "seq_len": seq_len,
-        "tokenizer": extra["tokenizer"],
-        "vocab_size": extra["vocab_size"],
+        "tokenizer": data.tokenizer,
+        "vocab_size": data.vocab_size,
         "precision": precision,
     }
-    return SampleResult(texts=texts, tokens=tokens, timing=timing, settings=settings, info=info)
+    return _Plan(
+        description="sample mdlm",
+        num=settings.num_samples,
+        seq_len=seq_len,
+        tokenizer=load_tokenizer(data.tokenizer),
+        decode=decode,
+        draw=_no_latent,
+        info=info,
+    )
+
+
+def _ae_decode(loaded: LoadedAutoencoder, settings: SampleSettings, precision: Precision) -> Decode:
+    """The autoencoder's latent-conditioned decoder with these sampler settings."""
+
+    def decode(z: torch.Tensor | None, size: int, generator: torch.Generator) -> SampleOutput:
+        return decode_latents(
+            loaded,
+            z,
+            num=size,
+            ndisc=settings.ndisc,
+            selection=settings.selection,
+            generator=generator,
+            temperature=settings.temperature,
+            top_p=settings.top_p,
+            precision=precision,
+        )
+
+    return decode
+
+
+def _latent_plan(
+    autoencoder: str | Path,
+    latent_model: str | Path | None,
+    ncont: int | None,
+    settings: SampleSettings,
+    runtime: Runtime,
+    precision: Precision,
+    latent_cache: str | Path | None,
+) -> _Plan:
+    """Latent first (prior or student; none: the null latent), then the decoder."""
+    device = runtime.device
+    loaded = load_autoencoder(autoencoder, device=device)
+    draw: LatentDraw = _no_latent
+    name = "mdlm"
+    if latent_model is not None:
+        latent = load_latent_model(latent_model, device=device)
+        check_autoencoder(latent, autoencoder)
+        name = "ladiff" if latent.kind == "prior" else "diladiff"
+        ncont = latent.ncont if ncont is None else ncont
+        draw = _latent_draw(latent, latent_model, ncont, settings.seed, device, latent_cache)
+    info = {
+        "model": name,
+        "ncont": ncont if latent_model is not None else 0,
+        "autoencoder": str(Path(autoencoder).resolve()),
+        "latent_model": str(Path(latent_model).resolve()) if latent_model is not None else None,
+        "checkpoint": str(Path(autoencoder).resolve()),
+        "checkpoint_step": loaded.step,
+        "seq_len": loaded.seq_len,
+        "tokenizer": loaded.data.tokenizer,
+        "vocab_size": loaded.data.vocab_size,
+        "precision": precision,
+    }
+    return _Plan(
+        description=f"sample {name}",
+        num=settings.num_samples,
+        seq_len=loaded.seq_len,
+        tokenizer=loaded.decoder_tokenizer,
+        decode=_ae_decode(loaded, settings, precision),
+        draw=draw,
+        info=info,
+    )
+
+
+def _latent_draw(
+    latent: LatentModel,
+    path: str | Path,
+    ncont: int,
+    seed: int,
+    device: torch.device,
+    latent_cache: str | Path | None,
+) -> LatentDraw:
+    """Batch b's latents from the prior or the student, through the cache when given."""
+    sha = ""
+    if latent_cache is not None:  # keyed by weights and device (the timing is the device's)
+        device_key = hashlib.sha256(device_name(device).encode()).hexdigest()[:8]
+        sha = f"{file_sha256(path)[:16]}-{device_key}"
+
+    def draw(batch: int, size: int) -> tuple[torch.Tensor, float, float]:
+        seed_b = batch_seed(seed, batch)
+        cached = _cached_latents(latent_cache, sha, ncont, seed_b, size)
+        if cached is None:
+            drawn = sample_latents(
+                latent, num_samples=size, ncont=ncont, batch_size=size, seed=seed_b, device=device
+            )
+            cached = (drawn.latents, drawn.seconds, drawn.forward_passes)
+            _store_latents(latent_cache, sha, ncont, seed_b, *cached)
+        return cached[0].to(device), cached[1], cached[2]
+
+    return draw
+
+
+def _reconstruct_plan(
+    checkpoint: str | Path,
+    settings: SampleSettings,
+    runtime: Runtime,
+    precision: Precision,
+    sources: Sources,
+) -> _Plan:
+    """Encode each source (frozen encoder + compressor), then decode from its latent."""
+    texts, num_blocks = list(sources.texts), sources.num_blocks
+    if bool(texts) == bool(num_blocks):
+        raise DiladiffError("reconstruct needs either texts (--from-text) or --reconstruct N")
+    loaded = load_autoencoder(checkpoint, device=runtime.device)
+    t0 = time.perf_counter()
+    if texts:
+        latents = encode_texts(loaded, texts, truncate=sources.truncate).latents
+        source_tokens = _text_sources(loaded, texts, sources.truncate)
+        source_texts = texts
+    else:
+        data = TwoViewBlocks(
+            data_dir=sources.data_dir or loaded.data.data_dir,
+            split=sources.split,
+            decoder_tokenizer=loaded.decoder_tokenizer,
+            encoder_tokenizer=loaded.encoder_tokenizer,
+            max_len=loaded.config.encoder.max_len,
+        )
+        if num_blocks > len(data):
+            raise DiladiffError(
+                f"--reconstruct {num_blocks}: the {sources.split} split has {len(data)} blocks"
+            )
+        idx = np.arange(num_blocks)
+        latents = torch.cat(
+            [
+                loaded.encode_view(data.batch(idx[i : i + settings.batch_size])).cpu()
+                for i in range(0, num_blocks, settings.batch_size)
+            ]
+        )
+        source_tokens = list(data.blocks.tokens(idx))
+        source_texts = data.texts(idx)
+    synchronize(runtime.device)
+    seconds_latent = time.perf_counter() - t0
+
+    def draw(batch: int, size: int) -> tuple[torch.Tensor, float, float]:
+        lo = batch * settings.batch_size
+        return latents[lo : lo + size], 0.0, 1.0
+
+    info = {
+        "model": "ae-reconstruction",
+        "checkpoint": str(Path(checkpoint).resolve()),
+        "checkpoint_step": loaded.step,
+        "seq_len": loaded.seq_len,
+        "tokenizer": loaded.data.tokenizer,
+        "vocab_size": loaded.data.vocab_size,
+        "precision": precision,
+        "source": "texts" if texts else f"{sources.split} blocks 0..{num_blocks - 1}",
+        "source_tokens": source_tokens,  # replaced by the accuracies after decoding
+        "sources": source_texts,
+    }
+    return _Plan(
+        description="reconstruct",
+        num=len(source_tokens),
+        seq_len=loaded.seq_len,
+        tokenizer=loaded.decoder_tokenizer,
+        decode=_ae_decode(loaded, settings, precision),
+        draw=draw,
+        info=info,
+        seconds_latent=seconds_latent,
+        latent_passes=1.0,  # one encoder + compressor pass per source
+    )
 
 
 def _latent_cache_file(directory: str | Path, sha: str, ncont: int, seed: int, size: int) -> Path:
@@ -240,128 +608,32 @@ def _store_latents(
     atomic_write_bytes(path, data)
 
 
-def sample_hybrid(
-    *,
-    autoencoder: str | Path,
-    latent_model: str | Path | None,
-    ncont: int | None,
-    settings: SampleSettings,
-    runtime: Runtime,
-    precision: Precision = "fp32",
-    reporter: Reporter | None = None,
-    latent_cache: str | Path | None = None,
-) -> SampleResult:
-    """Latent first, then tokens: draw z (prior or student), decode it with the
-    autoencoder's latent-conditioned MDLM over ``settings.ndisc`` steps.
+def token_accuracy(samples: torch.Tensor, sources: list[torch.Tensor]) -> list[float]:
+    """Share of positions where each sample equals its source, over the source's length
+    (a held-out block: all L positions, BOS/EOS included)."""
+    return [
+        float((samples[i, : len(src)] == src.to(samples.device)).float().mean())
+        for i, src in enumerate(sources)
+    ]
 
-    Args:
-        autoencoder: the ``ae`` checkpoint whose decoder turns z into tokens.
-        latent_model: a ``prior`` (LaDiff) or ``distill`` (DiLaDiff) checkpoint; ``None``
-            decodes with the null latent (the MDLM baseline on the same decoder).
-        ncont: continuous steps (default: the checkpoint's).
-        settings: the discrete sampler's settings.
-        runtime: device.
-        precision: decoder autocast precision (the latent ODE always runs in float32).
-        reporter: progress sink.
-        latent_cache: a directory where each batch of latents is kept, keyed by the
-            latent checkpoint's sha256, the device, ncont, seed and size, with the seconds and
-            forward passes measured when it was drawn. A sweep over discrete settings
-            (Ndisc, selection, temperature) then draws each z once; the timing record
-            still carries the latent stage's measured cost. None: no cache.
 
-    Raises:
-        DiladiffError: a latent model trained on another autoencoder's latents, ncont < 1.
-    """
-    from diladiff_cli.ae import decode_latents, load_autoencoder
-    from diladiff_cli.prior import check_autoencoder, load_latent_model, sample_latents
-
-    device = runtime.device
-    loaded = load_autoencoder(autoencoder, device=device)
-    latent = None
-    latent_sha = ""
-    if latent_model is not None:
-        latent = load_latent_model(latent_model, device=device)
-        check_autoencoder(latent, autoencoder)
-        if latent_cache is not None:  # keyed by weights and device (the timing is the device's)
-            from diladiff_cli.latent_shards import file_sha256
-
-            device_key = hashlib.sha256(device_name(device).encode()).hexdigest()[:8]
-            latent_sha = f"{file_sha256(latent_model)[:16]}-{device_key}"
-    n_batches = -(-settings.num_samples // settings.batch_size)
-    tokens, passes, latent_passes = [], [], []
-    seconds_latent = seconds_discrete = 0.0
-    name = "mdlm" if latent is None else ("ladiff" if latent.kind == "prior" else "diladiff")
-    if reporter is not None:
-        reporter.start(total=n_batches, done=0, description=f"sample {name}")
-    try:
-        for b in range(n_batches):
-            size = min(settings.batch_size, settings.num_samples - b * settings.batch_size)
-            z = None
-            if latent is not None:
-                ncont = latent.ncont if ncont is None else ncont
-                seed = batch_seed(settings.seed, b)
-                cached = _cached_latents(latent_cache, latent_sha, ncont, seed, size)
-                if cached is None:
-                    drawn = sample_latents(
-                        latent, num_samples=size, ncont=ncont, batch_size=size, seed=seed,
-                        device=device,
-                    )  # fmt: skip
-                    cached = (drawn.latents, drawn.seconds, drawn.forward_passes)
-                    _store_latents(latent_cache, latent_sha, ncont, seed, *cached)
-                z = cached[0].to(device)
-                seconds_latent += cached[1]
-                latent_passes.append(cached[2])
-            gen = torch.Generator(device=device).manual_seed(batch_seed(settings.seed, b))
-            synchronize(device)
-            t0 = time.perf_counter()
-            out = decode_latents(
-                loaded,
-                z,
-                num=size,
-                ndisc=settings.ndisc,
-                selection=settings.selection,
-                generator=gen,
-                temperature=settings.temperature,
-                top_p=settings.top_p,
-                precision=precision,
-            )
-            synchronize(device)
-            seconds_discrete += time.perf_counter() - t0
-            tokens.append(out.tokens.cpu())
-            passes.append(out.forward_passes)
-            if reporter is not None:
-                reporter.update(step=b + 1, metrics={"forward_passes": out.forward_passes})
-    finally:
-        if reporter is not None:
-            reporter.stop()
-    all_tokens = torch.cat(tokens)
-    texts = loaded.decoder_tokenizer.batch_decode(all_tokens.tolist(), skip_special_tokens=True)
-    mean_passes = sum(passes) / len(passes)
-    total = seconds_latent + seconds_discrete
-    timing = Timing(
-        seconds_total=total,
-        seconds_latent=seconds_latent,
-        seconds_discrete=seconds_discrete,
-        forward_passes_discrete=mean_passes,
-        forward_passes_latent=sum(latent_passes) / len(latent_passes) if latent_passes else 0.0,
-        tokens_per_forward=loaded.seq_len / mean_passes,
-        seconds_per_sample=total / settings.num_samples,
-        latent_share=seconds_latent / total if total > 0 else 0.0,
-        device=device_name(device),
-    )
-    info = {
-        "model": name,
-        "ncont": ncont if latent is not None else 0,
-        "autoencoder": str(Path(autoencoder).resolve()),
-        "latent_model": str(Path(latent_model).resolve()) if latent_model is not None else None,
-        "checkpoint": str(Path(autoencoder).resolve()),
-        "checkpoint_step": loaded.step,
-        "seq_len": loaded.seq_len,
-        "tokenizer": loaded.extra["tokenizer"],
-        "vocab_size": loaded.extra["vocab_size"],
-        "precision": precision,
-    }
-    return SampleResult(texts=texts, tokens=all_tokens, timing=timing, settings=settings, info=info)
+def _text_sources(
+    loaded: LoadedAutoencoder, texts: list[str], truncate: bool
+) -> list[torch.Tensor]:
+    """Decoder-view tokens of free texts: BOS + BPE ids + EOS, at most L."""
+    bos, eos, seq_len = loaded.data.bos_id, loaded.data.eos_id, loaded.seq_len
+    sources = []
+    for i, text in enumerate(texts):
+        ids = loaded.decoder_tokenizer(text, add_special_tokens=False)["input_ids"]
+        if len(ids) + 2 > seq_len:
+            if not truncate:
+                raise DiladiffError(
+                    f"text {i} is {len(ids)} decoder tokens, longer than the {seq_len - 2} a block "
+                    "holds: shorten it or pass --truncate"
+                )
+            ids = ids[: seq_len - 2]
+        sources.append(torch.tensor([bos, *ids, eos]))
+    return sources
 
 
 def meta_path(out: str | Path) -> Path:

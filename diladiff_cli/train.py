@@ -270,14 +270,7 @@ def train(
     out = Path(out)
     reporter = reporter or NullReporter()
     fingerprint = config_fingerprint(meta.config)
-    world = runtime.world_size
-    micro = cfg.micro_batch_size or cfg.batch_size // world
-    if micro < 1 or cfg.batch_size % (micro * world):
-        raise DiladiffError(
-            f"batch_size {cfg.batch_size} is not a multiple of micro_batch_size {micro} "
-            f"x {world} processes"
-        )
-    accum = cfg.batch_size // (micro * world)
+    micro, accum = _micro_batches(cfg, runtime.world_size)
 
     model.to(runtime.device)
     base = model
@@ -293,35 +286,13 @@ def train(
     if resume and _is_complete(out, meta.stage, fingerprint, cfg.steps):
         reporter.log(f"{out} is complete ({cfg.steps} steps): nothing to do")
         return TrainResult(step=cfg.steps, resumed_from=cfg.steps, skipped=True)
-    start = 0
     state = load_train_state(out) if resume else None
     if state is not None:
-        if state.info.get("fingerprint") != fingerprint:
-            raise CheckpointError(
-                f"{out} holds a run with another config; pass --no-resume to overwrite it "
-                f"or choose another output"
-            )
-        load_into(base, state.model, source=f"resume state of {out}")
-        if ema_model is not None and state.ema:
-            load_into(ema_model, state.ema, source=f"resume state of {out}")
-        optimizer.load_state_dict(state.optimizer)
-        _set_rng_state(state.rng, runtime.device)
-        start = min(state.step, cfg.steps)
+        start = _restore(state, out, fingerprint, base, ema_model, optimizer, runtime, cfg.steps)
     else:
+        start = 0
         torch.manual_seed(cfg.seed + runtime.rank)
-
-    net: nn.Module = base
-    if cfg.compile:
-        try:
-            net = torch.compile(base)
-        except Exception as err:  # compile is an optimisation: never fatal
-            reporter.log(f"torch.compile unavailable ({err}); running eager")
-    if runtime.distributed:
-        net = DistributedDataParallel(
-            net,
-            device_ids=[runtime.device.index] if runtime.device.type == "cuda" else None,
-            find_unused_parameters=find_unused_parameters,
-        )
+    net = _wrap(base, cfg, runtime, reporter, find_unused_parameters)
     scaler = torch.amp.GradScaler(enabled=precision == "fp16" and runtime.device.type == "cuda")
 
     log_file = metrics_path(out)
@@ -330,23 +301,7 @@ def train(
 
     def checkpoint(step: int) -> None:
         if runtime.is_main:
-            weights = (ema_model or base).state_dict()
-            save_weights(
-                out,
-                weights,
-                CheckpointMeta(stage=meta.stage, step=step, config=meta.config, extra=meta.extra),
-            )
-            save_train_state(
-                out,
-                TrainState(
-                    step=step,
-                    model=base.state_dict(),
-                    ema=ema_model.state_dict() if ema_model is not None else {},
-                    optimizer=optimizer.state_dict(),
-                    rng=_rng_state(runtime.device),
-                    info={"fingerprint": fingerprint, "world_size": world},
-                ),
-            )
+            _save(out, meta, step, base, ema_model, optimizer, runtime, fingerprint)
         if on_checkpoint is not None:
             on_checkpoint(step)
 
@@ -362,52 +317,19 @@ def train(
             for group in optimizer.param_groups:
                 group["lr"] = lr
             idx = order.indices(step)
-            pos = np.arange(cfg.batch_size)
-            micro_metrics = []
-            for a in range(accum):
-                lo = (runtime.rank * accum + a) * micro
-                sel = pos[lo : lo + micro]
-                ctx = StepContext(
-                    seed=cfg.seed,
-                    step=step,
-                    index=torch.as_tensor(sel),
-                    global_batch=cfg.batch_size,
-                    device=runtime.device,
-                )
-                batch = train_data.batch(idx[sel]).to(runtime.device)
-                sync = a == accum - 1 or not runtime.distributed
-                with contextlib.nullcontext() if sync else net.no_sync():
-                    with autocast(runtime.device, precision):
-                        result = objective(net, batch, ctx)
-                    scaler.scale(result.loss / accum).backward()
-                micro_metrics.append({"loss": result.loss.detach(), **result.metrics})
-            scaler.unscale_(optimizer)
-            grad_norm = (
-                torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-                if cfg.grad_clip > 0
-                else torch.zeros((), device=runtime.device)
-            )
-            scaler.step(optimizer)
-            scaler.update()
-            optimizer.zero_grad(set_to_none=True)
+            micro_metrics = [
+                _backward(net, objective, train_data, idx, step, a, micro, accum,
+                          cfg, runtime, precision, scaler)
+                for a in range(accum)
+            ]  # fmt: skip
+            grad_norm = _optimizer_step(params, optimizer, scaler, cfg.grad_clip, runtime.device)
             if ema_model is not None:
-                with torch.no_grad():
-                    for e, p in zip(ema_model.parameters(), base.parameters(), strict=True):
-                        e.lerp_(p.detach(), 1.0 - cfg.ema)
-                    for e, b in zip(ema_model.buffers(), base.buffers(), strict=True):
-                        e.copy_(b)
+                _update_ema(ema_model, base, cfg.ema)
             done = step + 1
             is_log = done % cfg.log_every == 0 or done == cfg.steps
             is_ckpt = done % cfg.ckpt_every == 0 or done == cfg.steps
             if is_log or is_ckpt:
-                metrics = _mean_metrics(micro_metrics, runtime.device)
-                metrics["lr"] = lr
-                metrics["grad_norm"] = float(all_reduce_mean(grad_norm.detach().double()))
-                if not math.isfinite(metrics["loss"]) or not math.isfinite(metrics["grad_norm"]):
-                    raise TrainingDiverged(
-                        f"loss became {metrics['loss']} at step {done}; stopped, the last good "
-                        f"checkpoint {out} is kept"
-                    )
+                metrics = _step_metrics(micro_metrics, grad_norm, lr, done, out, runtime)
                 last = metrics
                 if is_log and runtime.is_main:
                     _append_log(log_file, {"step": done, "split": "train", **metrics})
@@ -438,6 +360,179 @@ def train(
         seconds=seconds,
         examples_per_second=ran * cfg.batch_size / seconds if ran and seconds > 0 else 0.0,
     )
+
+
+def _micro_batches(cfg: TrainConfig, world: int) -> tuple[int, int]:
+    """``(micro-batch per process, accumulation steps)`` of a global batch."""
+    micro = cfg.micro_batch_size or cfg.batch_size // world
+    if micro < 1 or cfg.batch_size % (micro * world):
+        raise DiladiffError(
+            f"batch_size {cfg.batch_size} is not a multiple of micro_batch_size {micro} "
+            f"x {world} processes"
+        )
+    return micro, cfg.batch_size // (micro * world)
+
+
+def _restore(
+    state: TrainState,
+    out: Path,
+    fingerprint: str,
+    base: nn.Module,
+    ema_model: nn.Module | None,
+    optimizer: torch.optim.Optimizer,
+    runtime: Runtime,
+    steps: int,
+) -> int:
+    """Load a resume state (weights, EMA, optimizer, RNG); return the step to start at."""
+    if state.info.get("fingerprint") != fingerprint:
+        raise CheckpointError(
+            f"{out} holds a run with another config; pass --no-resume to overwrite it "
+            f"or choose another output"
+        )
+    load_into(base, state.model, source=f"resume state of {out}")
+    if ema_model is not None and state.ema:
+        load_into(ema_model, state.ema, source=f"resume state of {out}")
+    optimizer.load_state_dict(state.optimizer)
+    _set_rng_state(state.rng, runtime.device)
+    return min(state.step, steps)
+
+
+def _wrap(
+    base: nn.Module,
+    cfg: TrainConfig,
+    runtime: Runtime,
+    reporter: Reporter,
+    find_unused_parameters: bool,
+) -> nn.Module:
+    """The module the steps run: compiled when asked (falls back to eager), DDP when
+    there is more than one process."""
+    net: nn.Module = base
+    if cfg.compile:
+        try:
+            net = torch.compile(base)
+        except Exception as err:  # compile is an optimisation: never fatal
+            reporter.log(f"torch.compile unavailable ({err}); running eager")
+    if runtime.distributed:
+        net = DistributedDataParallel(
+            net,
+            device_ids=[runtime.device.index] if runtime.device.type == "cuda" else None,
+            find_unused_parameters=find_unused_parameters,
+        )
+    return net
+
+
+def _save(
+    out: Path,
+    meta: CheckpointMeta,
+    step: int,
+    base: nn.Module,
+    ema_model: nn.Module | None,
+    optimizer: torch.optim.Optimizer,
+    runtime: Runtime,
+    fingerprint: str,
+) -> None:
+    """The weights (EMA when kept) with their metadata, then the resume state."""
+    weights = (ema_model or base).state_dict()
+    save_weights(
+        out,
+        weights,
+        CheckpointMeta(stage=meta.stage, step=step, config=meta.config, extra=meta.extra),
+    )
+    save_train_state(
+        out,
+        TrainState(
+            step=step,
+            model=base.state_dict(),
+            ema=ema_model.state_dict() if ema_model is not None else {},
+            optimizer=optimizer.state_dict(),
+            rng=_rng_state(runtime.device),
+            info={"fingerprint": fingerprint, "world_size": runtime.world_size},
+        ),
+    )
+
+
+def _optimizer_step(
+    params: list[nn.Parameter],
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    grad_clip: float,
+    device: torch.device,
+) -> torch.Tensor:
+    """Unscale, clip (0: off), step and zero the gradients; return the gradient norm."""
+    scaler.unscale_(optimizer)
+    grad_norm = (
+        torch.nn.utils.clip_grad_norm_(params, grad_clip)
+        if grad_clip > 0
+        else torch.zeros((), device=device)
+    )
+    scaler.step(optimizer)
+    scaler.update()
+    optimizer.zero_grad(set_to_none=True)
+    return grad_norm
+
+
+def _backward(
+    net: nn.Module,
+    objective: Objective,
+    data: ExampleSource,
+    idx: np.ndarray,
+    step: int,
+    a: int,
+    micro: int,
+    accum: int,
+    cfg: TrainConfig,
+    runtime: Runtime,
+    precision: Precision,
+    scaler: torch.amp.GradScaler,
+) -> dict[str, Any]:
+    """Forward and backward of micro-batch ``a`` of this process (gradients are synced
+    across processes on the last one only); return its metrics."""
+    lo = (runtime.rank * accum + a) * micro
+    sel = np.arange(cfg.batch_size)[lo : lo + micro]  # positions in the global batch
+    ctx = StepContext(
+        seed=cfg.seed,
+        step=step,
+        index=torch.as_tensor(sel),
+        global_batch=cfg.batch_size,
+        device=runtime.device,
+    )
+    batch = data.batch(idx[sel]).to(runtime.device)
+    sync = a == accum - 1 or not runtime.distributed
+    with contextlib.nullcontext() if sync else net.no_sync():
+        with autocast(runtime.device, precision):
+            result = objective(net, batch, ctx)
+        scaler.scale(result.loss / accum).backward()
+    return {"loss": result.loss.detach(), **result.metrics}
+
+
+@torch.no_grad()
+def _update_ema(ema_model: nn.Module, base: nn.Module, decay: float) -> None:
+    """EMA of the parameters; buffers are copied."""
+    for e, p in zip(ema_model.parameters(), base.parameters(), strict=True):
+        e.lerp_(p.detach(), 1.0 - decay)
+    for e, b in zip(ema_model.buffers(), base.buffers(), strict=True):
+        e.copy_(b)
+
+
+def _step_metrics(
+    micro_metrics: list[dict[str, Any]],
+    grad_norm: torch.Tensor,
+    lr: float,
+    done: int,
+    out: Path,
+    runtime: Runtime,
+) -> dict[str, float]:
+    """The step's metrics averaged over micro-batches and processes; a NaN or infinite
+    loss or gradient stops the run (the last good checkpoint stays)."""
+    metrics = _mean_metrics(micro_metrics, runtime.device)
+    metrics["lr"] = lr
+    metrics["grad_norm"] = float(all_reduce_mean(grad_norm.detach().double()))
+    if not math.isfinite(metrics["loss"]) or not math.isfinite(metrics["grad_norm"]):
+        raise TrainingDiverged(
+            f"loss became {metrics['loss']} at step {done}; stopped, the last good "
+            f"checkpoint {out} is kept"
+        )
+    return metrics
 
 
 def _is_complete(out: Path, stage: str, fingerprint: str, steps: int) -> bool:

@@ -22,7 +22,6 @@ import argparse
 import datetime
 import json
 import math
-import platform
 import tempfile
 from pathlib import Path
 
@@ -33,21 +32,15 @@ from diladiff_cli.checkpoint import CheckpointMeta
 from diladiff_cli.config import DiTConfig, TrainConfig, load_recipe
 from diladiff_cli.data import load_data_info
 from diladiff_cli.diffusion.masked import LogLinearSchedule, MaskedDiffusionLoss, TokenBatch
-from diladiff_cli.distributed import init_runtime
+from diladiff_cli.distributed import device_name, init_runtime
 from diladiff_cli.mdlm import TokenBlocks, load_mdlm
 from diladiff_cli.models.dit import DiT
-from diladiff_cli.sample import SampleSettings, sample_mdlm
+from diladiff_cli.sample import SampleSettings, generate
 from diladiff_cli.structs import to_dict
 from diladiff_cli.train import evaluate, train
 
 # Dense bf16 peak (TFLOP/s) for model-FLOPs utilisation.
 PEAK_BF16 = {"H100": 989.0, "H200": 989.0, "A100": 312.0}
-
-
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"CPU {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
 
 
 def train_throughput(
@@ -163,7 +156,8 @@ def main() -> None:
         )
         # 3. sampling speed
         for ndisc in sorted({info.seq_len, info.seq_len // 4, info.seq_len // 16}):
-            res = sample_mdlm(
+            res = generate(
+                model="mdlm",
                 checkpoint=ckpt,
                 settings=SampleSettings(
                     num_samples=args.samples, batch_size=args.samples, ndisc=ndisc

@@ -25,10 +25,7 @@ from __future__ import annotations
 
 import argparse
 import shutil
-import sys
 from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 TOKENIZER_FILES = (
     "vocab.txt",

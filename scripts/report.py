@@ -26,24 +26,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from reproduce import git_commit  # noqa: E402
-
-from diladiff_cli.checkpoint import atomic_write_text  # noqa: E402
-from diladiff_cli.config import load_recipe  # noqa: E402
-from diladiff_cli.pareto import PLOTS, headline  # noqa: E402
+from diladiff_cli.analysis.experiments import (
+    EXPERIMENTS,
+    SCALES,
+    base_recipe,
+    experiment_recipe,
+    git_commit,
+)
+from diladiff_cli.config import load_recipe
+from diladiff_cli.files import atomic_write_text
+from diladiff_cli.frontier import headline
+from diladiff_cli.plots import PLOTS
 
 ROOT = Path(__file__).resolve().parent.parent
-EXPERIMENTS = {
-    1: "exp1_latent_analysis",
-    2: "exp2_ladiff_vs_mdlm",
-    3: "exp3_temperature",
-    4: "exp4_token_selection",
-    5: "exp5_diladiff_frontier",
-    6: "exp6_meanflow_vs_tvm",
-}
 TITLES = {
     1: "Latent space analysis",
     2: "LaDiff vs MDLM: the speed-quality frontier",
@@ -488,7 +483,7 @@ def exp4(ctx: Context, directory: Path) -> list[str] | None:
 
 
 def speedup_text(s: Any) -> str:
-    """One :class:`~diladiff_cli.pareto.SpeedUp`, in words."""
+    """One :class:`~diladiff_cli.frontier.SpeedUp`, in words."""
     what = "MAUVE" if s.quality == "mauve" else "GenPPL"
     if s.factor is None:
         return f"at equal {what}: no shared quality range ({s.note})"
@@ -721,7 +716,7 @@ def headline_section(ctx: Context) -> list[str]:
     lines += [
         "",
         "Speed-ups are geometric means of the cost ratio along the two frontiers over "
-        "the quality range they share (`diladiff_cli.pareto.headline`).",
+        "the quality range they share (`diladiff_cli.frontier.headline`).",
     ]
     return lines
 
@@ -813,7 +808,7 @@ def conditions_section(ctx: Context, timings: dict[str, Any] | None) -> list[str
         f"- Threads: {threads}",
         f"- Date: report {datetime.datetime.now().astimezone().isoformat(timespec='seconds')}; "
         f"run started {run.get('started', 'unknown')}",
-        f"- Git commit: {git_commit()} (the run: {run.get('git_commit', 'unknown')})",
+        f"- Git commit: {git_commit(ROOT)} (the run: {run.get('git_commit', 'unknown')})",
         f"- Platform: {run.get('platform', 'unknown')}, Python {run.get('python', '?')}",
     ]
 
@@ -847,19 +842,18 @@ def build_report(ctx: Context) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--scale", choices=("tiny", "paper"), default="tiny")
+    p.add_argument("--scale", choices=SCALES, default="tiny")
     p.add_argument("--results", default=None, help="results directory (default results/<scale>)")
     p.add_argument("--out", default=None, help="default: <results>/REPORT.md")
     args = p.parse_args(argv)
     results = Path(args.results or f"results/{args.scale}")
     results = results if results.is_absolute() else ROOT / results
-    base = "default.yaml" if args.scale == "tiny" else "pipeline.yaml"
-    recipes = ROOT / "recipes" / args.scale
+    exp5 = load_recipe(ROOT / experiment_recipe(args.scale, 5))
     ctx = Context(
         results=results,
         scale=args.scale,
-        seq_len=load_recipe(recipes / base).data.seq_len,
-        temperature=load_recipe(recipes / f"{EXPERIMENTS[5]}.yaml").pareto.frontier_temperature,
+        seq_len=load_recipe(ROOT / base_recipe(args.scale)).data.seq_len,
+        temperature=exp5.pareto.frontier_temperature,
     )
     out = Path(args.out) if args.out else results / "REPORT.md"
     atomic_write_text(out, build_report(ctx))

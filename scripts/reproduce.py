@@ -23,7 +23,9 @@ Examples::
     python scripts/reproduce.py --only pareto,report
     python scripts/reproduce.py --scale paper --nproc 8
 
-Only the standard library and rich: no torch import, so it starts at once.
+The stages are planned from the recipes through :func:`diladiff_cli.config.load_recipe` and
+the experiment list of :mod:`diladiff_cli.analysis.experiments`, both torch-free: no torch
+import, so it starts at once.
 """
 
 from __future__ import annotations
@@ -33,11 +35,9 @@ import datetime
 import json
 import os
 import platform
-import re
 import shlex
 import subprocess
 import sys
-import tempfile
 import time
 from collections import deque
 from collections.abc import Iterable, Sequence
@@ -48,15 +48,17 @@ from typing import Any, Literal
 from rich.console import Console
 from rich.text import Text
 
-ROOT = Path(__file__).resolve().parent.parent
-SCALES = ("tiny", "paper")
-EXPERIMENTS = (
-    "exp2_ladiff_vs_mdlm",
-    "exp3_temperature",
-    "exp4_token_selection",
-    "exp5_diladiff_frontier",
-    "exp6_meanflow_vs_tvm",
+from diladiff_cli.analysis.experiments import (
+    SCALES,
+    SWEEPS,
+    base_recipe,
+    experiment_recipe,
+    git_commit,
 )
+from diladiff_cli.config import Recipe, load_recipe
+from diladiff_cli.files import atomic_write_json
+
+ROOT = Path(__file__).resolve().parent.parent
 # The students of experiment 6 that the `distill` stage does not make: the arguments its
 # recipe's header gives, after `distill <recipe>`. At paper scale the pipeline's student
 # (MeanFlow, LogitNormal(-1, 2)) is meanflow-ln12; the tiny default's student is tuned for
@@ -101,25 +103,22 @@ class Stage:
 # ----------------------------------------------------------------------------- the plan
 
 
-def recipe_sections(recipe: Path) -> set[str]:
-    """The top-level sections of a recipe and of the recipes it ``extends``.
+def missing_section(recipe: Recipe, needs: Sequence[str]) -> str | None:
+    """Why a stage needing the sections ``needs`` cannot run from ``recipe``, or None.
 
-    A line scan, not a YAML parser (this script imports no YAML library): a top-level key
-    is a line ``name:`` at column 0, as in every recipe here; ``name: null`` removes it.
+    ``ae`` and ``prior`` are optional sections (None when absent); ``distill`` needs the
+    prior it distils. Every other section has defaults, so ``judge`` is decided by what
+    it is for: it is trained only when the recipe's GenPPL scorer is that judge (the
+    paper recipes score with gpt2-large).
     """
-    text = recipe.read_text()
-    own = re.findall(r"^([A-Za-z_][\w-]*):[ \t]*(.*?)[ \t]*(?:#.*)?$", text, flags=re.M)
-    keys: set[str] = set()
-    for key, value in own:
-        if key == "extends" and value:
-            base = Path(value.strip("'\""))
-            keys |= recipe_sections(base if base.is_absolute() else recipe.parent / base)
-    for key, value in own:
-        if value in ("null", "~"):
-            keys.discard(key)
-        else:
-            keys.add(key)
-    return keys
+    for need in needs:
+        if need in ("ae", "prior") and getattr(recipe, need) is None:
+            return f"has no '{need}' section"
+        if need == "distill" and recipe.prior is None:
+            return "has no 'prior' section to distil"
+        if need == "judge" and recipe.eval.scorer.name != recipe.judge.out:
+            return f"scores GenPPL with {recipe.eval.scorer.name}, not a judge it trains"
+    return None
 
 
 def _torchrun() -> str:
@@ -144,10 +143,9 @@ def build_plan(
     """
     python = python or sys.executable
     results = results or f"results/{scale}"
-    recipes, runs = f"recipes/{scale}", f"runs/{scale}"
-    base = f"{recipes}/default.yaml" if scale == "tiny" else f"{recipes}/pipeline.yaml"
-    exp1 = f"{recipes}/exp1_latent_analysis.yaml"
-    exp6 = f"{recipes}/exp6_meanflow_vs_tvm.yaml"
+    runs = f"runs/{scale}"
+    base = base_recipe(scale)
+    exp1, exp6 = experiment_recipe(scale, 1), experiment_recipe(scale, 6)
     paper = scale == "paper"
     # The paper recipes are CUDA recipes: bf16 autocast, as their headers run them.
     compute = ("--precision", "bf16") if paper else ()
@@ -197,19 +195,21 @@ def build_plan(
                     ("prior", "distill")))  # fmt: skip
 
     sweep = ("--device", "cuda", "--precision", "bf16") if paper else ()
-    for exp in EXPERIMENTS:
+    for number, exp in enumerate(SWEEPS, 2):
         out = f"{results}/{exp}"
-        cli(f"pareto-{exp.split('_')[0]}", "pareto", f"{recipes}/{exp}.yaml", "--out", out,
-            *sweep, needs=["pareto"], dist=False)  # fmt: skip
+        cli(f"pareto-{exp.split('_')[0]}", "pareto", experiment_recipe(scale, number),
+            "--out", out, *sweep, needs=["pareto"], dist=False)  # fmt: skip
 
     argv = (python, "scripts/report.py", "--scale", scale, "--results", results)
     planned.append((Stage("report", argv, "report"), base, ()))
 
-    stages, notes = [], []
+    stages, notes, loaded = [], [], {}
     for stage, recipe, needs in planned:
-        missing = sorted(set(needs) - recipe_sections(ROOT / recipe))
-        if missing:
-            notes.append(f"{stage.name}: left out, {recipe} has no '{missing[0]}' section")
+        if recipe not in loaded:
+            loaded[recipe] = load_recipe(ROOT / recipe)
+        why = missing_section(loaded[recipe], needs)
+        if why:
+            notes.append(f"{stage.name}: left out, {recipe} {why}")
         else:
             stages.append(stage)
     return stages, notes
@@ -316,19 +316,6 @@ def read_timings(path: Path) -> dict[str, Any]:
     return data
 
 
-def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    """Write to a temporary file beside ``path``, then rename it over ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(
-        "w", dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False
-    ) as f:
-        json.dump(data, f, indent=2)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(f.name, path)
-
-
 def timing_entry(
     earlier: dict[str, Any] | None,
     *,
@@ -363,26 +350,6 @@ def timing_entry(
     return {**entry, "checked": check, "note": "done before any timed run"}
 
 
-def git_commit() -> str:
-    try:
-        head = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    return head + (" (uncommitted changes)" if dirty else "")
-
-
 def conditions(*, scale: str, nproc: int) -> dict[str, Any]:
     return {
         "started": now(),
@@ -392,7 +359,7 @@ def conditions(*, scale: str, nproc: int) -> dict[str, Any]:
         "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
         "platform": platform.platform(),
         "python": platform.python_version(),
-        "git_commit": git_commit(),
+        "git_commit": git_commit(ROOT),
     }
 
 
@@ -453,7 +420,7 @@ def run_plan(
     env = {**(env if env is not None else os.environ), "PYTHONUNBUFFERED": "1"}
     timings = read_timings(timings_path)
     timings["conditions"] = run_conditions
-    write_json_atomic(timings_path, timings)
+    atomic_write_json(timings_path, timings)
     total = 0.0
     names = {s.name for s in stages}  # timings.json lists them in plan order, then any others
     for i, stage in enumerate(stages, 1):
@@ -471,7 +438,7 @@ def run_plan(
         )
         order = [s.name for s in stages] + [n for n in timings["stages"] if n not in names]
         timings["stages"] = {n: timings["stages"][n] for n in order if n in timings["stages"]}
-        write_json_atomic(timings_path, timings)
+        atomic_write_json(timings_path, timings)
         if outcome.returncode != 0:
             what = (
                 "interrupted"

@@ -24,8 +24,7 @@ from diladiff_cli.config import (
     TokenizerConfig,
     TrainConfig,
 )
-from diladiff_cli.data import DataInfo, prepare
-from diladiff_cli.mdlm import data_extra
+from diladiff_cli.data import DataInfo, DataRecord, prepare
 from diladiff_cli.models.dit import DiT
 from diladiff_cli.structs import to_dict
 
@@ -99,7 +98,7 @@ def build_mdlm(path: Path, info: DataInfo, data_dir: str, *, vocab_size: int | N
         stage="mdlm",
         step=7,
         config={"model": to_dict(dit.config), "noise_eps": 1e-3},
-        extra=data_extra(info, data_dir),
+        extra=to_dict(DataRecord.of(info, data_dir)),
     )
     save_weights(path, dit.state_dict(), meta)
     return path

@@ -17,9 +17,8 @@ from diladiff_cli.config import (
     JudgeModelConfig,
     TokenizerConfig,
 )
-from diladiff_cli.data import load_data_info, prepare
+from diladiff_cli.data import DataRecord, load_data_info, prepare
 from diladiff_cli.judge import build_judge, export_judge
-from diladiff_cli.mdlm import data_extra
 from diladiff_cli.models.dit import DiT
 from diladiff_cli.structs import to_dict
 
@@ -84,7 +83,7 @@ def make_mdlm(data_dir: Path, path: Path, *, seed: int = 0) -> Path:
         stage="mdlm",
         step=1,
         config={"model": to_dict(cfg), "noise_eps": 1e-3},
-        extra=data_extra(info, data_dir),
+        extra=to_dict(DataRecord.of(info, data_dir)),
     )
     save_weights(path, model.state_dict(), meta)
     return path

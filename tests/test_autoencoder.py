@@ -16,14 +16,9 @@ from _ae_tiny import SEQ_LEN, ae_config, build_mdlm, randomize_zero_init
 from diladiff_cli import hub
 from diladiff_cli.ae import (
     AutoencoderLoss,
-    CachedStates,
-    TwoViewBlocks,
     build_autoencoder,
-    encode_texts,
     load_autoencoder,
     load_base_decoder,
-    load_encoder,
-    reconstruct,
     set_trainable,
     train_ae,
 )
@@ -31,6 +26,8 @@ from diladiff_cli.checkpoint import read_meta
 from diladiff_cli.config import AugmentConfig, TrainConfig
 from diladiff_cli.diffusion.masked import LogLinearSchedule
 from diladiff_cli.distributed import init_runtime
+from diladiff_cli.encode import encode_texts
+from diladiff_cli.encoder import CachedStates, TwoViewBlocks, load_encoder
 from diladiff_cli.errors import DiladiffError
 from diladiff_cli.mdlm import load_mdlm
 from diladiff_cli.models.autoencoder import (
@@ -43,7 +40,7 @@ from diladiff_cli.models.autoencoder import (
 from diladiff_cli.models.dit import DiT
 from diladiff_cli.models.perceiver import PerceiverCompressor
 from diladiff_cli.objective import StepContext
-from diladiff_cli.sample import SampleSettings
+from diladiff_cli.sample import SampleSettings, Sources, generate
 from diladiff_cli.structs import to_dict
 
 pytest_plugins = ["_ae_tiny"]  # the tiny_env and trained_ae fixtures
@@ -413,21 +410,31 @@ def test_frozen_self_attention_keeps_null_latent_equal_to_base_after_training(ti
 
 def test_reconstruct_from_blocks_and_texts(tiny_env, trained_ae):
     settings = SampleSettings(num_samples=1, batch_size=2, ndisc=4, selection="confidence")
-    result = reconstruct(
-        checkpoint=trained_ae, settings=settings, runtime=init_runtime("cpu"), num_blocks=3
+    blocks = Sources(num_blocks=3)
+    result = generate(
+        model="reconstruct",
+        checkpoint=trained_ae,
+        settings=settings,
+        runtime=init_runtime("cpu"),
+        sources=blocks,
     )
     assert result.tokens.shape == (3, SEQ_LEN) and len(result.info["sources"]) == 3
     assert 0 <= result.info["token_accuracy"] <= 1 and result.settings.num_samples == 3
     assert (result.tokens != tiny_env.info.mask_id).all()
-    again = reconstruct(
-        checkpoint=trained_ae, settings=settings, runtime=init_runtime("cpu"), num_blocks=3
-    )
-    assert torch.equal(result.tokens, again.tokens)  # seeded
-    texts = reconstruct(
+    again = generate(
+        model="reconstruct",
         checkpoint=trained_ae,
         settings=settings,
         runtime=init_runtime("cpu"),
-        texts=["the king rode to the sea."],
+        sources=blocks,
+    )
+    assert torch.equal(result.tokens, again.tokens)  # seeded
+    texts = generate(
+        model="reconstruct",
+        checkpoint=trained_ae,
+        settings=settings,
+        runtime=init_runtime("cpu"),
+        sources=Sources(texts=("the king rode to the sea.",)),
     )
     assert texts.tokens.shape == (1, SEQ_LEN) and texts.timing.seconds_latent > 0
 

@@ -1,11 +1,10 @@
-"""scripts/bench.py --quick on a micro recipe with every stage: random init when the
+"""scripts/bench.py (diladiff_cli.analysis.benchmark) --quick on a micro recipe with every stage: random init when the
 recipe's checkpoints are missing, the checkpoints once they exist; the markdown section and
 the JSON record hold every training stage and every sampler at every Ndisc with positive
 figures; a second run appends instead of overwriting."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -17,20 +16,13 @@ import torch
 import yaml
 from _ae_tiny import build_bert, build_data
 
+from diladiff_cli.analysis.benchmark import random_checkpoints, resolve_weights
 from diladiff_cli.config import load_recipe
 from diladiff_cli.errors import DiladiffError
 
 ROOT = Path(__file__).resolve().parent.parent
 MICRO = Path(__file__).parent / "recipes" / "micro.yaml"
 TRAIN_STAGES = ["mdlm", "ae", "ae-cached", "prior", "distill-meanflow", "distill-tvm"]
-
-
-def bench_module():
-    spec = importlib.util.spec_from_file_location("bench", ROOT / "scripts" / "bench.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["bench"] = module  # dataclasses look their module up by name
-    spec.loader.exec_module(module)
-    return module
 
 
 def micro_recipe(root: Path) -> Path:
@@ -91,7 +83,7 @@ def test_quick_bench_reports_every_stage(tmp_path):
     assert len(runs) == 1
     run = runs[0]
     assert run["trained_checkpoints"] is False and "random" in run["weights"]
-    assert run["device"].startswith("CPU") and run["threads"] == 1
+    assert run["device"] == "cpu (1 threads)" and run["threads"] == 1
     assert run["torch"] and run["git"]
     assert [f["stage"] for f in run["train"]] == TRAIN_STAGES
     for f in run["train"]:
@@ -121,7 +113,7 @@ def test_quick_bench_reports_every_stage(tmp_path):
     # The recipe's checkpoints now exist (random ones, in the stages' formats): a second
     # run uses them by default, trains on random tokens where no data is prepared, and
     # appends a section and a record.
-    bench_module().random_checkpoints(load_recipe(recipe), tmp_path)
+    random_checkpoints(load_recipe(recipe), tmp_path)
     absent = f"data.out={tmp_path / 'absent'}"
     again = bench(*args, "--stages", "mdlm,ae,sample", "--set", absent)
     assert again.returncode == 0, again.stderr[-3000:]
@@ -136,7 +128,7 @@ def test_quick_bench_reports_every_stage(tmp_path):
 def test_use_checkpoints_refuses_missing_ones(tmp_path):
     recipe = load_recipe(MICRO, [f"mdlm.out={tmp_path / 'none.pt'}"])
     with pytest.raises(DiladiffError, match="missing .*none.pt"):
-        bench_module().resolve_weights(recipe, "checkpoints", tmp_path)
+        resolve_weights(recipe, "checkpoints", tmp_path)
 
 
 def test_gpu_standins_pack_and_build_a_loadable_encoder(tmp_path):
@@ -144,8 +136,8 @@ def test_gpu_standins_pack_and_build_a_loadable_encoder(tmp_path):
     and the random BERT built from them loads as the autoencoder's frozen encoder."""
     from transformers import AutoTokenizer
 
-    from diladiff_cli.ae import load_encoder
     from diladiff_cli.config import EncoderConfig
+    from diladiff_cli.encoder import load_encoder
 
     script = ROOT / "scripts" / "gpu_standins.py"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}

@@ -22,15 +22,19 @@ from diladiff_cli.data import load_blocks, load_data_info
 from diladiff_cli.errors import DiladiffError
 from diladiff_cli.evaluate import (
     BlockText,
+    EvalRecord,
+    Evaluator,
+    record_path,
+    speed_from_meta,
+    write_record,
+)
+from diladiff_cli.metrics import (
     TextFeaturizer,
     bertscore_f1,
     entropy,
-    evaluate_samples,
     genppl,
     mauve_score,
-    record_path,
     scoring_windows,
-    speed_from_meta,
     token_entropy,
 )
 
@@ -57,6 +61,17 @@ def _load(judge_dir: Path):
 def _cfg(scorer: Path, **kw) -> EvalConfig:
     mauve = MauveConfig(kmeans_redo=1, batch_size=64)
     return EvalConfig(scorer=ScorerConfig(name=str(scorer)), mauve=mauve, **kw)
+
+
+def _evaluator(cfg: EvalConfig, data_dir: Path) -> Evaluator:
+    return Evaluator(cfg=cfg, data_dir=data_dir, device=torch.device("cpu"))
+
+
+def _evaluate(evaluator: Evaluator, samples: Path) -> EvalRecord:
+    """Evaluate one sample file and write its record beside it, as `diladiff eval` does."""
+    record = evaluator.evaluate(samples)
+    write_record(record, record_path(samples))
+    return record
 
 
 # ----------------------------------------------------------------------------- GenPPL
@@ -193,9 +208,10 @@ def test_eos_policies(data_dir):
     assert kept == [a] and texts == ["owls"]  # cut at the first EOS
 
 
-def test_evaluate_samples_writes_a_complete_record(data_dir, judge_dir, tmp_path):
+def test_evaluator_writes_a_complete_record(data_dir, judge_dir, tmp_path):
     samples = write_samples(tmp_path / "s.jsonl", shuffled_blocks(data_dir, 24), data_dir)
-    record = evaluate_samples(samples, cfg=_cfg(judge_dir), data_dir=data_dir)
+    evaluator = _evaluator(_cfg(judge_dir), data_dir)
+    record = _evaluate(evaluator, samples)
     saved = json.loads(record_path(samples).read_text())
     assert saved["genppl"] == pytest.approx(record.genppl)
     assert math.isfinite(record.genppl) and math.isfinite(record.reference_genppl)
@@ -211,7 +227,7 @@ def test_evaluate_samples_writes_a_complete_record(data_dir, judge_dir, tmp_path
     refs = load_blocks(data_dir, "valid")
     order = np.random.default_rng(0).permutation(len(refs))[:24]
     real = write_samples(tmp_path / "real.jsonl", refs.tokens(order).numpy(), data_dir)
-    again = evaluate_samples(real, cfg=_cfg(judge_dir), data_dir=data_dir)
+    again = _evaluate(evaluator, real)  # the references and their scores are reused
     assert again.genppl == pytest.approx(again.reference_genppl, rel=1e-9)
     assert again.entropy == pytest.approx(again.reference_entropy)
     assert again.mauve > 0.99
@@ -268,7 +284,7 @@ def _bad(case: str, data_dir: Path, judge_dir: Path, tmp: Path) -> tuple[Path, E
 def test_bad_input_is_one_line_and_writes_nothing(case, data_dir, judge_dir, tmp_path):
     path, cfg, needle = _bad(case, data_dir, judge_dir, tmp_path)
     with pytest.raises(DiladiffError, match=needle) as err:
-        evaluate_samples(path, cfg=cfg, data_dir=data_dir)
+        _evaluate(_evaluator(cfg, data_dir), path)
     assert "\n" not in str(err.value)
     assert not record_path(path).exists()
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]

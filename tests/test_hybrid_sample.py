@@ -14,7 +14,14 @@ from diladiff_cli.config import DistillStageConfig, LatentDiTConfig, PriorStageC
 from diladiff_cli.distributed import init_runtime
 from diladiff_cli.errors import DiladiffError
 from diladiff_cli.prior import distill, train_prior
-from diladiff_cli.sample import SampleSettings, meta_path, sample_hybrid, write_samples
+from diladiff_cli.sample import (
+    SampleSettings,
+    Sources,
+    generate,
+    meta_path,
+    resolve_request,
+    write_samples,
+)
 
 STEPS = TrainConfig(steps=2, batch_size=4, log_every=1, ckpt_every=2, eval_batches=1)
 
@@ -43,9 +50,10 @@ SETTINGS = SampleSettings(num_samples=3, batch_size=2, ndisc=4)
 
 @pytest.mark.parametrize(("which", "ncont", "name"), [(0, 3, "ladiff"), (1, 2, "diladiff")])
 def test_hybrid_sampling_timing_record(latent_models, trained_ae, tmp_path, which, ncont, name):  # noqa: F811
-    result = sample_hybrid(
+    result = generate(
+        model=name,
+        checkpoint=latent_models[which],
         autoencoder=trained_ae,
-        latent_model=latent_models[which],
         ncont=ncont,
         settings=SETTINGS,
         runtime=init_runtime("cpu"),
@@ -66,10 +74,9 @@ def test_hybrid_sampling_timing_record(latent_models, trained_ae, tmp_path, whic
 
 
 def test_null_latent_is_the_mdlm_baseline(trained_ae):  # noqa: F811
-    result = sample_hybrid(
-        autoencoder=trained_ae,
-        latent_model=None,
-        ncont=None,
+    result = generate(
+        model="mdlm",
+        checkpoint=trained_ae,
         settings=SETTINGS,
         runtime=init_runtime("cpu"),
     )
@@ -86,9 +93,10 @@ def test_latent_cache_draws_each_z_once_and_keeps_its_measured_cost(
     cache = tmp_path / "latents"
 
     def draw(settings):
-        return sample_hybrid(
+        return generate(
+            model="ladiff",
+            checkpoint=latent_models[0],
             autoencoder=trained_ae,
-            latent_model=latent_models[0],
             ncont=3,
             settings=settings,
             runtime=runtime,
@@ -103,9 +111,10 @@ def test_latent_cache_draws_each_z_once_and_keeps_its_measured_cost(
     assert [f.stat().st_mtime_ns for f in sorted(cache.iterdir())] == stamps  # not redrawn
     assert again.timing.seconds_latent == first.timing.seconds_latent  # the measured cost
     assert again.timing.forward_passes_latent == first.timing.forward_passes_latent
-    plain = sample_hybrid(
+    plain = generate(
+        model="ladiff",
+        checkpoint=latent_models[0],
         autoencoder=trained_ae,
-        latent_model=latent_models[0],
         ncont=3,
         settings=SETTINGS,
         runtime=runtime,
@@ -132,9 +141,7 @@ def test_pareto_mdlm_cell_on_an_autoencoder_decodes_with_the_null_latent(trained
         runtime=runtime,
         precision="fp32",
     )
-    null = sample_hybrid(
-        autoencoder=trained_ae, latent_model=None, ncont=None, settings=SETTINGS, runtime=runtime
-    )
+    null = generate(model="mdlm", checkpoint=trained_ae, settings=SETTINGS, runtime=runtime)
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert [r["tokens"] for r in rows] == null.tokens.tolist()
     assert json.loads(meta_path(out).read_text())["model"] == "mdlm"
@@ -143,9 +150,10 @@ def test_pareto_mdlm_cell_on_an_autoencoder_decodes_with_the_null_latent(trained
 def test_bad_ncont_and_foreign_latent_model(latent_models, trained_ae, tmp_path):  # noqa: F811
     runtime = init_runtime("cpu")
     with pytest.raises(DiladiffError, match="ncont"):
-        sample_hybrid(
+        generate(
+            model="diladiff",
+            checkpoint=latent_models[1],
             autoencoder=trained_ae,
-            latent_model=latent_models[1],
             ncont=0,
             settings=SETTINGS,
             runtime=runtime,
@@ -160,10 +168,60 @@ def test_bad_ncont_and_foreign_latent_model(latent_models, trained_ae, tmp_path)
     meta = dataclasses.replace(ckpt.meta, step=ckpt.meta.step + 1)
     save_weights(other, ckpt.tensors, meta)
     with pytest.raises(DiladiffError, match="autoencoder"):
-        sample_hybrid(
+        generate(
+            model="ladiff",
+            checkpoint=latent_models[0],
             autoencoder=other,
-            latent_model=latent_models[0],
             ncont=2,
             settings=SETTINGS,
             runtime=runtime,
         )
+
+
+def test_a_latent_model_of_the_other_kind_is_refused(latent_models, trained_ae):  # noqa: F811
+    with pytest.raises(DiladiffError, match="is a diladiff latent model, not a ladiff one"):
+        generate(
+            model="ladiff",
+            checkpoint=latent_models[1],
+            autoencoder=trained_ae,
+            settings=SETTINGS,
+            runtime=init_runtime("cpu"),
+        )
+
+
+def test_resolve_request_maps_models_to_checkpoints_and_outputs():
+    from diladiff_cli.config import SampleConfig
+
+    cfg = SampleConfig(out="s/mdlm.jsonl", ncont=0)
+    assert resolve_request(cfg) == resolve_request(cfg, explicit=frozenset({"ncont"}))
+    plain = resolve_request(cfg)
+    assert (plain.model, plain.checkpoint, plain.out) == ("mdlm", cfg.checkpoint, "s/mdlm.jsonl")
+    null = resolve_request(cfg, explicit=frozenset({"autoencoder"}))
+    assert (null.model, null.checkpoint, null.out) == ("mdlm", cfg.autoencoder, "s/mdlm.jsonl")
+    teacher = resolve_request(SampleConfig(out="s/x.jsonl", model="ladiff"))
+    assert (teacher.checkpoint, teacher.autoencoder, teacher.ncont) == (
+        "runs/tiny/ladiff.pt", "runs/tiny/ae.pt", None,
+    )  # fmt: skip
+    assert teacher.out == "s/ladiff.jsonl"
+    student = resolve_request(
+        SampleConfig(model="diladiff", ncont=0), explicit=frozenset({"ncont"})
+    )
+    assert student.ncont == 0  # an explicit 0 reaches the sampler, which refuses it
+    kept = resolve_request(
+        SampleConfig(out="a/b.jsonl", model="diladiff"), explicit=frozenset({"out"})
+    )
+    assert kept.out == "a/b.jsonl"
+    rec = resolve_request(SampleConfig(out="s/m.jsonl"), reconstruct=True, ae_checkpoint="ae.pt")
+    assert (rec.model, rec.checkpoint, rec.out) == ("reconstruct", "ae.pt", "s/reconstruct.jsonl")
+
+
+def test_reconstruct_needs_exactly_one_kind_of_source(trained_ae):  # noqa: F811
+    for sources in (Sources(), Sources(texts=("a b",), num_blocks=2)):
+        with pytest.raises(DiladiffError, match="either texts"):
+            generate(
+                model="reconstruct",
+                checkpoint=trained_ae,
+                settings=SETTINGS,
+                runtime=init_runtime("cpu"),
+                sources=sources,
+            )

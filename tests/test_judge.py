@@ -21,8 +21,8 @@ from diladiff_cli.data import load_blocks, load_data_info
 from diladiff_cli.diffusion.masked import TokenBatch
 from diladiff_cli.distributed import init_runtime
 from diladiff_cli.errors import DiladiffError
-from diladiff_cli.evaluate import genppl
 from diladiff_cli.judge import CausalLMLoss, build_judge, checkpoint_path, train_judge
+from diladiff_cli.metrics import genppl
 from diladiff_cli.structs import to_dict
 
 SMALL = JudgeModelConfig(n_layer=1, n_embd=16, n_head=2, n_positions=16)

@@ -342,7 +342,7 @@ pytest_plugins = ["_ae_tiny"]  # the tiny_env and trained_ae fixtures (a 3-step 
 
 
 def test_train_prior_on_encode_output_and_on_the_fly(tiny_env, trained_ae, tmp_path):
-    from diladiff_cli.ae import encode_split
+    from diladiff_cli.encode import encode_split
     from diladiff_cli.latent_shards import file_sha256
     from diladiff_cli.prior import train_prior
 

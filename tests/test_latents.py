@@ -15,9 +15,11 @@ import torch
 import yaml
 from _ae_tiny import ae_config
 
-from diladiff_cli.ae import TwoViewBlocks, encode_split, load_autoencoder
+from diladiff_cli.ae import load_autoencoder
 from diladiff_cli.checkpoint import CheckpointMeta, load_checkpoint, save_weights
 from diladiff_cli.distributed import init_runtime
+from diladiff_cli.encode import encode_split
+from diladiff_cli.encoder import TwoViewBlocks
 from diladiff_cli.errors import DiladiffError
 from diladiff_cli.latent_shards import (
     LatentIndex,

@@ -168,7 +168,7 @@ def test_jvp_matches_a_finite_difference():
 
 def test_student_initialised_from_the_teacher_is_the_teacher():
     teacher = tiny_net(False)
-    student = init_student(teacher)
+    student = init_student(teacher, teacher.config)
     assert student.config.two_times and not teacher.config.two_times
     z, t, r = torch.randn(6, *SHAPE), torch.rand(6), torch.rand(6)
     with torch.no_grad():
@@ -184,7 +184,7 @@ def test_student_initialised_from_the_teacher_is_the_teacher():
 
 def test_dropout_masks_are_identical_in_the_jvp_and_the_gradient_pass():
     teacher = tiny_net(False)
-    student = init_student(teacher)
+    student = init_student(teacher, teacher.config)
     student.blocks[0].dropout.p = student.blocks[1].dropout.p = 0.5
     student.train()
     z, t = torch.randn(8, *SHAPE), torch.rand(8)
@@ -358,7 +358,8 @@ def test_ddp_two_processes_give_the_same_update_as_one(teacher_run, tmp_path):
     a = run_driver(str(teacher), str(latents), str(tmp_path / "one"), "2", procs=1)
     b = run_driver(str(teacher), str(latents), str(tmp_path / "two"), "2", procs=2)
     assert a["world"] == 1 and b["world"] == 2
-    init = init_student(load_prior(teacher).model).state_dict()
+    prior = load_prior(teacher)
+    init = init_student(prior.model, prior.net).state_dict()
     for objective in ("meanflow", "tvm"):
         wa = safetensors.torch.load_file(str(tmp_path / "one" / f"{objective}.pt"))
         wb = safetensors.torch.load_file(str(tmp_path / "two" / f"{objective}.pt"))

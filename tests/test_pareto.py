@@ -21,19 +21,9 @@ from diladiff_cli.config import EvalConfig, GridConfig, MauveConfig, ParetoConfi
 from diladiff_cli.distributed import init_runtime
 from diladiff_cli.errors import DiladiffError
 from diladiff_cli.evaluate import ReferenceFloor
-from diladiff_cli.pareto import (
-    CSV_COLUMNS,
-    Cell,
-    expand_cells,
-    frontier,
-    headline,
-    plot_distill,
-    plot_temperature,
-    resolve_checkpoints,
-    run_sweep,
-    speedup_at_equal_quality,
-    write_plots,
-)
+from diladiff_cli.frontier import CSV_COLUMNS, frontier, headline, speedup_at_equal_quality
+from diladiff_cli.pareto import Cell, expand_cells, resolve_checkpoints, run_sweep
+from diladiff_cli.plots import plot_distill, plot_temperature, write_plots
 
 # ----------------------------------------------------------------------------- cells
 

