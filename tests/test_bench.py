@@ -16,7 +16,7 @@ import torch
 import yaml
 from _ae_tiny import build_bert, build_data
 
-from diladiff_cli.analysis.benchmark import random_checkpoints, resolve_weights
+from diladiff_cli.analysis.bench_inputs import random_checkpoints, resolve_weights
 from diladiff_cli.config import load_recipe
 from diladiff_cli.errors import DiladiffError
 

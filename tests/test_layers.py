@@ -17,7 +17,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "diladiff_cli"
 # Lowest first. A module not listed here fails the test: place it when you add it.
 LAYERS: list[tuple[str, ...]] = [
     ("__init__", "errors", "structs", "files", "config"),  # recipes and types, torch-free
-    ("hub", "data", "checkpoint", "distributed", "objective"),  # files, processes, contracts
+    ("hub", "oracle", "data", "checkpoint", "distributed", "objective"),  # files, processes
     ("models",),  # networks
     ("diffusion",),  # noise processes and samplers
     ("train",),  # the one training loop
