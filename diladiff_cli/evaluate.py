@@ -44,9 +44,10 @@ import numpy as np
 import torch
 
 from diladiff_cli import hub
-from diladiff_cli.config.evaluation import EosPolicy, EvalConfig
+from diladiff_cli.checkpoint import read_meta
+from diladiff_cli.config.evaluation import ORACLE_SCORER, EosPolicy, EvalConfig
 from diladiff_cli.data import load_blocks, load_data_info
-from diladiff_cli.errors import DiladiffError
+from diladiff_cli.errors import CheckpointError, DiladiffError
 from diladiff_cli.files import atomic_write_json
 from diladiff_cli.judge import read_judge_record
 from diladiff_cli.metrics import (
@@ -58,6 +59,7 @@ from diladiff_cli.metrics import (
     mauve_score,
     scorer_context,
 )
+from diladiff_cli.oracle import ORACLE_FILE, Oracle, OracleMeasures, load_oracle, words_of
 from diladiff_cli.sample import meta_path
 from diladiff_cli.train import Reporter
 
@@ -118,6 +120,8 @@ class ReferenceFloor:
             (the ceiling; None when the split is too small or MAUVE is off).
         scorer_valid_ppl: the judge's own validation perplexity (None for a scorer
             that is not a trained judge, e.g. gpt2-large).
+        oracle: the exact scorer's measures of the references (oracle corpora only):
+            their NLL per token estimates the process's entropy rate.
     """
 
     genppl: float
@@ -125,6 +129,7 @@ class ReferenceFloor:
     num_references: int
     mauve_real: float | None
     scorer_valid_ppl: float | None
+    oracle: OracleMeasures | None = None
 
 
 @dataclass(frozen=True)
@@ -150,6 +155,8 @@ class EvalRecord:
         mauve_settings: featuriser, pooling, clusters, seed, scaling, references.
         speed: throughput from the timing record.
         seconds_eval: time this evaluation took.
+        oracle: the exact scorer's measures of the samples (oracle corpora only).
+        reference_oracle: the same for the references (the floor).
     """
 
     samples: str
@@ -170,6 +177,8 @@ class EvalRecord:
     mauve_settings: dict[str, Any] | None
     speed: Speed
     seconds_eval: float
+    oracle: OracleMeasures | None = None
+    reference_oracle: OracleMeasures | None = None
 
 
 def speed_from_meta(meta: dict[str, Any], *, source: str = "meta record") -> Speed:
@@ -501,7 +510,11 @@ class Evaluator:
         )
         self.scorers = Scorers(cfg=cfg, device=self.device, log=self._log)
         self._refs: dict[tuple[int, int], tuple[ReferenceSet, dict[str, Any]]] = {}
-        self.judge = read_judge_record(cfg.scorer.name)
+        self.exact = cfg.scorer.name == ORACLE_SCORER  # GenPPL by the oracle, no LM
+        self.oracle: Oracle | None = None
+        if (self.data_dir / ORACLE_FILE).is_file() or self.exact:
+            self.oracle = load_oracle(self.data_dir)  # one line when it is not an oracle corpus
+        self.judge = None if self.exact else read_judge_record(cfg.scorer.name)
 
     def _log(self, message: str) -> None:
         if self.reporter is not None:
@@ -531,8 +544,12 @@ class Evaluator:
 
     def _reference_scores(self, num: int, *, offset: int = 0) -> dict[str, Any]:
         refs, scores = self.references(num, offset=offset)
-        if "genppl" not in scores:
-            scores["genppl"] = self.scorers.genppl(refs.texts).genppl
+        if "entropy" not in scores:
+            if self.oracle is not None:
+                scores["oracle"] = self.oracle.measure([words_of(t) for t in refs.texts])
+            scores["genppl"] = (
+                scores["oracle"].ppl if self.exact else self.scorers.genppl(refs.texts).genppl
+            )
             scores["entropy"] = entropy(refs.token_ids)
         if self.cfg.mauve.enabled and "features" not in scores:
             scores["features"] = self.scorers.featurizer()(refs.texts)
@@ -556,6 +573,7 @@ class Evaluator:
             num_references=num,
             mauve_real=mauve_real,
             scorer_valid_ppl=self.scorer_valid_ppl,
+            oracle=scores.get("oracle"),
         )
 
     # -- one sample set
@@ -575,10 +593,38 @@ class Evaluator:
                 f"{samples.path}: samples are {length} tokens long, the reference blocks of "
                 f"{self.data_dir} {self.info.seq_len}: MAUVE and GenPPL compare equal lengths"
             )
+        if self.oracle is not None:
+            self.check_oracle_corpus(samples)
         num = self.cfg.num_references or len(samples.tokens)
         self.references(num)  # raises when the split is too small
-        self.scorers.scorer()  # raises when the scorer cannot be loaded
+        if not self.exact:
+            self.scorers.scorer()  # raises when the scorer cannot be loaded
         return num
+
+    def check_oracle_corpus(self, samples: SampleFile) -> None:
+        """Refuse samples of a model trained on other data (another corpus, another
+        oracle seed): the oracle would score them, but the number would mean nothing."""
+        fingerprint = samples.meta.get("data_fingerprint")
+        if fingerprint is None:  # a record written before the field: ask the checkpoint
+            try:
+                extra = read_meta(samples.meta.get("checkpoint") or "").extra
+                fingerprint = extra.get("data_fingerprint")
+            except CheckpointError:
+                fingerprint = None
+        if fingerprint != self.info.fingerprint:
+            raise DiladiffError(
+                f"{samples.path}: drawn by a model of other data (data fingerprint "
+                f"{fingerprint}), not of the oracle corpus {self.data_dir} "
+                f"({self.info.fingerprint}): the oracle cannot score it"
+            )
+
+    def oracle_words(self, tokens: np.ndarray) -> list[list[str]]:
+        """The words of each sample as the oracle reads them: decoded with the special
+        tokens kept, so an EOS inside a block is counted (out of the vocabulary)."""
+        return [
+            words_of(self.tokenizer.decode(row, skip_special_tokens=False))
+            for row in tokens.tolist()
+        ]
 
     def evaluate(self, path: str | Path) -> EvalRecord:
         """Evaluate one sample file (nothing is written)."""
@@ -587,9 +633,17 @@ class Evaluator:
         speed = speed_from_meta(samples.meta, source=str(meta_path(samples.path)))
         num_refs = self.check(samples)
         kept, texts = self.text(samples.tokens.tolist())
-        self._log(f"eval {samples.path}: GenPPL")
-        ppl = self.scorers.genppl(texts)
-        if ppl.total_tokens == 0:
+        exact = None
+        if self.oracle is not None:
+            self._log(f"eval {samples.path}: oracle")
+            exact = self.oracle.measure(self.oracle_words(samples.tokens))
+        if self.exact:
+            genppl_value, genppl_tokens = exact.ppl, exact.words
+        else:
+            self._log(f"eval {samples.path}: GenPPL")
+            ppl = self.scorers.genppl(texts)
+            genppl_value, genppl_tokens = ppl.genppl, ppl.total_tokens
+        if genppl_tokens == 0:
             raise DiladiffError(f"{samples.path}: no sample has any text to score")
         ref = self._reference_scores(num_refs)
         mauve, settings = None, None
@@ -608,8 +662,8 @@ class Evaluator:
             settings=dict(samples.meta.get("settings", {})),
             seq_len=int(samples.tokens.shape[1]),
             eos=self.cfg.eos,
-            genppl=ppl.genppl,
-            genppl_tokens=ppl.total_tokens,
+            genppl=genppl_value,
+            genppl_tokens=genppl_tokens,
             reference_genppl=ref["genppl"],
             scorer_valid_ppl=self.scorer_valid_ppl,
             entropy=entropy(kept),
@@ -617,7 +671,7 @@ class Evaluator:
             mauve=mauve,
             scorer={
                 "name": s.name,
-                "context": self.scorers.context(),
+                "context": self.info.seq_len if self.exact else self.scorers.context(),
                 "precision": s.precision,
                 "batch_size": s.batch_size,
                 "num_references": num_refs,
@@ -625,6 +679,8 @@ class Evaluator:
             mauve_settings=settings,
             speed=speed,
             seconds_eval=time.perf_counter() - t0,
+            oracle=exact,
+            reference_oracle=ref.get("oracle"),
         )
 
 

@@ -47,6 +47,14 @@ CSV_COLUMNS = (
     "genppl_floor",
     "judge_valid_ppl",
     "reference_entropy",
+    "oracle_nll",  # the exact scorer's columns: empty unless the corpus is an oracle one
+    "oracle_nll_se",
+    "oracle_nll_floor",
+    "oracle_bad_transitions",
+    "oracle_purity",
+    "oracle_posterior_max",
+    "oracle_topic_kl",
+    "oracle_oov",
     "device",
     "cell",
 )

@@ -221,6 +221,8 @@ def _scorer_identity(name: str) -> Any:
 def make_row(cell: Cell, record: dict[str, Any]) -> dict[str, Any]:
     """A CSV row from a cell and its :class:`~diladiff_cli.evaluate.EvalRecord` (as a dict)."""
     speed = record["speed"]
+    exact = record.get("oracle") or {}
+    floor = record.get("reference_oracle") or {}
     return {
         "model": cell.model,
         "ncont": cell.ncont,
@@ -240,6 +242,14 @@ def make_row(cell: Cell, record: dict[str, Any]) -> dict[str, Any]:
         "genppl_floor": record["reference_genppl"],
         "judge_valid_ppl": record["scorer_valid_ppl"],
         "reference_entropy": record["reference_entropy"],
+        "oracle_nll": exact.get("nll_per_token"),
+        "oracle_nll_se": exact.get("nll_per_token_se"),
+        "oracle_nll_floor": floor.get("nll_per_token"),
+        "oracle_bad_transitions": exact.get("bad_transitions"),
+        "oracle_purity": exact.get("purity"),
+        "oracle_posterior_max": exact.get("posterior_max"),
+        "oracle_topic_kl": exact.get("topic_kl"),
+        "oracle_oov": exact.get("oov"),
         "device": speed["device"],
         "cell": cell.name,
     }

@@ -302,3 +302,31 @@ def write_plots(
         else:
             made[name] = path
     return made, skipped
+
+
+def plot_gap(rows: list[dict[str, Any]], *, floor: float, path: Path) -> Path:
+    """The factorization-gap curve: exact NLL per token of the samples against tokens per
+    forward pass (error bars: standard error over sampling seeds), the process's entropy
+    rate as a line."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    for model in sorted({r["model"] for r in rows}):
+        mine = sorted(
+            (r for r in rows if r["model"] == model), key=lambda r: r["tokens_per_forward"]
+        )
+        ax.errorbar(
+            [r["tokens_per_forward"] for r in mine],
+            [r["oracle_nll"] for r in mine],
+            yerr=[2 * r["oracle_nll_se"] for r in mine],
+            marker="o",
+            capsize=3,
+            color=COLORS.get(model, "black"),
+            label=f"{model} samples (±2 s.e. over seeds)",
+        )
+    ax.axhline(floor, color="grey", linestyle="--", label=f"entropy rate H = {floor:.3f}")
+    _log_axis(ax, "x", base=2)
+    ax.set_xlabel("tokens per forward pass")
+    ax.set_ylabel("oracle NLL per token (nats)")
+    ax.set_title("Factorization gap on the oracle corpus")
+    ax.legend(fontsize=8)
+    return _save(fig, path)

@@ -394,6 +394,7 @@ def _mdlm_plan(
         "seq_len": seq_len,
         "tokenizer": data.tokenizer,
         "vocab_size": data.vocab_size,
+        "data_fingerprint": data.data_fingerprint,
         "precision": precision,
     }
     return _Plan(
@@ -456,6 +457,7 @@ def _latent_plan(
         "seq_len": loaded.seq_len,
         "tokenizer": loaded.data.tokenizer,
         "vocab_size": loaded.data.vocab_size,
+        "data_fingerprint": loaded.data.data_fingerprint,
         "precision": precision,
     }
     return _Plan(
@@ -549,6 +551,7 @@ def _reconstruct_plan(
         "seq_len": loaded.seq_len,
         "tokenizer": loaded.data.tokenizer,
         "vocab_size": loaded.data.vocab_size,
+        "data_fingerprint": loaded.data.data_fingerprint,
         "precision": precision,
         "source": "texts" if texts else f"{sources.split} blocks 0..{num_blocks - 1}",
         "source_tokens": source_tokens,  # replaced by the accuracies after decoding

