@@ -3,6 +3,7 @@ verdicts) and the experiment list, on tiny tensors."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -97,3 +98,34 @@ def test_every_experiment_has_its_recipe(scale):
     assert load_recipe(ROOT / base_recipe(scale)).name
     for number in EXPERIMENTS:
         assert (ROOT / experiment_recipe(scale, number)).is_file()
+
+
+def test_gap_curve_averages_over_seeds_with_their_standard_error(tmp_path):
+    from diladiff_cli.analysis.gap import COLUMNS, Floor, GapCurve, _average, write_gap
+    from diladiff_cli.oracle import OracleMeasures
+
+    def measures(nll: float) -> dict:
+        return dataclasses.asdict(
+            OracleMeasures(
+                num_sequences=4, nll_per_token=nll, nll_per_token_se=0.1, ppl=1.0, words=8,
+                bad_transitions=1.0, off_topic=0.0, purity=1.0, oov=2, texts_with_oov=1,
+                posterior_max=1.0, posterior_entropy=0.0, topic_kl=0.0, topic_share=[1.0],
+            )
+        )  # fmt: skip
+
+    per_seed = [
+        {"model": "mdlm", "ndisc": nd, "seed": s, "tokens_per_forward": 128 / nd,
+         "seconds_per_sample": 1.0, **measures(nll)}
+        for nd, nlls in ((128, (2.0, 2.2)), (8, (3.0, 3.4)))
+        for s, nll in enumerate(nlls)
+    ]  # fmt: skip
+    floor = Floor(entropy_rate=2.0, entropy_rate_se=0.01, num_samples=10,
+                  held_out=OracleMeasures(**measures(2.0)))  # fmt: skip
+    rows = _average(per_seed, floor)
+    assert [r["ndisc"] for r in rows] == [128, 8]  # fewest tokens per forward first
+    assert rows[1]["oracle_nll"] == pytest.approx(3.2)
+    assert rows[1]["oracle_nll_se"] == pytest.approx(0.2)  # std(3.0, 3.4) / sqrt(2)
+    assert rows[1]["gap_over_h"] == pytest.approx(0.6) and rows[1]["oov"] == 0.5
+    paths = write_gap(GapCurve(rows=rows, per_seed=per_seed, floor=floor), tmp_path)
+    header = paths["csv"].read_text().splitlines()[0].split(",")
+    assert header == list(COLUMNS) and paths["plot"].stat().st_size > 0

@@ -46,7 +46,7 @@ COLUMNS = (
     "purity",
     "posterior_max",
     "topic_kl",
-    "oov",
+    "oov",  # words outside the vocabulary per text (an EOS inside a block counts)
     "seconds_per_sample",
 )
 
@@ -211,8 +211,9 @@ def _average(per_seed: list[dict[str, Any]], floor: Floor) -> list[dict[str, Any
                 "gap_over_h": mean / floor.entropy_rate - 1.0,
                 **{
                     k: float(np.mean([r[k] for r in mine]))
-                    for k in ("bad_transitions", "purity", "posterior_max", "topic_kl", "oov")
+                    for k in ("bad_transitions", "purity", "posterior_max", "topic_kl")
                 },
+                "oov": float(np.mean([r["oov"] / r["num_sequences"] for r in mine])),
                 "seconds_per_sample": float(np.mean([r["seconds_per_sample"] for r in mine])),
             }
         )
