@@ -7,7 +7,10 @@ any commit that has these subcommands. What is hashed:
 * each ``sample`` JSONL (mdlm, ladiff, diladiff, reconstruct) byte for byte;
 * each ``eval`` record's numbers (timings and paths left out: they change run to run);
 * each checkpoint's tensors (``train-mdlm``, ``train-ae``, ``train-prior``, ``distill``)
-  and its metadata without versions, paths and times.
+  and its metadata without versions, paths and times;
+* a ``pareto`` sweep over LaDiff and DiLaDiff cells: the latents it draws (the tiny
+  decoder barely reads z after a few steps, so the samples alone would not show a change
+  in the latent path) and the samples of every cell.
 
 Usage::
 
@@ -152,6 +155,35 @@ def _weights(path: Path) -> dict:
     return {"tensors": _sha(json.dumps(tensors).encode()), "meta": _stable(meta)}
 
 
+def _sweep(work: Path, rec: str, sets: list[str]) -> dict:
+    """A small pareto sweep of LaDiff and DiLaDiff cells: hashes of the latents it keeps
+    and of every cell's samples (file names hold checkpoint hashes, so contents only)."""
+    grid = [
+        {"name": "fp", "models": ["mdlm", "ladiff", "diladiff"], "ncont": [2], "ndisc": [8],
+         "selection": ["random"]}
+    ]  # fmt: skip
+    r = work / "runs"
+    ckpts = {"mdlm": "ae.pt", "ladiff": "ladiff.pt", "diladiff": "diladiff.pt", "ae": "ae.pt"}
+    ckpts = {k: str(r / v) for k, v in ckpts.items()}
+    extra = [
+        "--set", f"pareto.grids={json.dumps(grid)}",
+        "--set", f"pareto.work_dir={r / 'pareto'}",
+        "--set", f"pareto.checkpoints={json.dumps(ckpts)}",
+        "--set", "pareto.num_samples=6",
+        "--set", "pareto.batch_size=4",
+        "--set", "eval.mauve.enabled=false",
+    ]  # fmt: skip
+    _run(work, "pareto", rec, *sets, *extra, "--out", str(work / "results"), "--device", "cpu")
+    from safetensors import safe_open
+
+    latents = []
+    for path in (r / "pareto" / "latents").glob("*.safetensors"):
+        with safe_open(str(path), framework="pt") as f:
+            latents.append(_sha(f.get_tensor("latents").numpy().tobytes()))
+    samples = sorted(_sha(p.read_bytes()) for p in (r / "pareto").rglob("*.jsonl"))
+    return {"pareto/latents": sorted(latents), "pareto/samples": samples}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", type=Path, required=True, help="Scratch directory.")
@@ -187,6 +219,7 @@ def main() -> None:
         fingerprint[f"eval/{Path(f).stem}"] = _stable(record)
     for name in ("mdlm", "ae", "ladiff", "diladiff"):
         fingerprint[f"weights/{name}"] = _weights(r / f"{name}.pt")
+    fingerprint.update(_sweep(work, rec, s))
     text = json.dumps(fingerprint, indent=1, sort_keys=True).replace(str(work), "<work>") + "\n"
     args.out.write_text(text)
     print(text)
