@@ -271,3 +271,56 @@ class LatentShards:
     def all(self) -> torch.Tensor:
         """Every latent, ``(count, N, D)``, in block order."""
         return torch.cat([self._shard(k) for k in range(len(self.index.shards))])
+
+
+def write_split(
+    directory: str | Path,
+    latents: torch.Tensor,
+    *,
+    split: str,
+    autoencoder: dict[str, Any],
+    shard_size: int,
+    normalization: dict[str, Any] | None = None,
+) -> Path:
+    """Write latents ``(n, N, D)`` known in full as one complete split, laid out as
+    `encode` lays out its own (stand-in and synthetic latents use it).
+
+    Args:
+        directory: the latent directory; the split goes to ``directory/split``.
+        latents: the latents, float32.
+        split: ``train`` or ``valid``.
+        autoencoder: the record naming the autoencoder (``path``, ``sha256``, ``step``).
+        shard_size: latents per shard.
+        normalization: how they are normalised (default: not at all).
+
+    Returns:
+        The split's directory.
+    """
+    out = Path(directory) / split
+    out.mkdir(parents=True, exist_ok=True)
+    shards = []
+    for k, start in enumerate(range(0, len(latents), shard_size)):
+        rows = latents[start : start + shard_size]
+        record = ShardRecord(
+            shard=k,
+            start=start,
+            count=len(rows),
+            autoencoder_sha256=autoencoder["sha256"],
+            split=split,
+        )
+        write_shard(out, record, rows, torch.arange(start, start + len(rows)))
+        shards.append({"file": shard_name(k), "start": start, "count": len(rows)})
+    write_index(
+        out,
+        LatentIndex(
+            split=split,
+            count=len(latents),
+            shape=tuple(latents.shape[1:]),
+            dtype="float32",
+            shard_size=shard_size,
+            shards=shards,
+            normalization=normalization or {"kind": "none"},
+            autoencoder=autoencoder,
+        ),
+    )
+    return out

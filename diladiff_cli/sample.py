@@ -427,6 +427,21 @@ def _ae_decode(loaded: LoadedAutoencoder, settings: SampleSettings, precision: P
     return decode
 
 
+def _decoder_record(
+    checkpoint: str | Path, loaded: LoadedAutoencoder, precision: Precision
+) -> dict[str, Any]:
+    """What the record says of the autoencoder whose decoder drew the tokens."""
+    return {
+        "checkpoint": str(Path(checkpoint).resolve()),
+        "checkpoint_step": loaded.step,
+        "seq_len": loaded.seq_len,
+        "tokenizer": loaded.data.tokenizer,
+        "vocab_size": loaded.data.vocab_size,
+        "data_fingerprint": loaded.data.data_fingerprint,
+        "precision": precision,
+    }
+
+
 def _latent_plan(
     autoencoder: str | Path,
     latent_model: str | Path | None,
@@ -452,13 +467,7 @@ def _latent_plan(
         "ncont": ncont if latent_model is not None else 0,
         "autoencoder": str(Path(autoencoder).resolve()),
         "latent_model": str(Path(latent_model).resolve()) if latent_model is not None else None,
-        "checkpoint": str(Path(autoencoder).resolve()),
-        "checkpoint_step": loaded.step,
-        "seq_len": loaded.seq_len,
-        "tokenizer": loaded.data.tokenizer,
-        "vocab_size": loaded.data.vocab_size,
-        "data_fingerprint": loaded.data.data_fingerprint,
-        "precision": precision,
+        **_decoder_record(autoencoder, loaded, precision),
     }
     return _Plan(
         description=f"sample {name}",
@@ -546,13 +555,7 @@ def _reconstruct_plan(
 
     info = {
         "model": "ae-reconstruction",
-        "checkpoint": str(Path(checkpoint).resolve()),
-        "checkpoint_step": loaded.step,
-        "seq_len": loaded.seq_len,
-        "tokenizer": loaded.data.tokenizer,
-        "vocab_size": loaded.data.vocab_size,
-        "data_fingerprint": loaded.data.data_fingerprint,
-        "precision": precision,
+        **_decoder_record(checkpoint, loaded, precision),
         "source": "texts" if texts else f"{sources.split} blocks 0..{num_blocks - 1}",
         "source_tokens": source_tokens,  # replaced by the accuracies after decoding
         "sources": source_texts,

@@ -7,13 +7,7 @@ from pathlib import Path
 
 import torch
 
-from diladiff_cli.latent_shards import (
-    LatentIndex,
-    ShardRecord,
-    shard_name,
-    write_index,
-    write_shard,
-)
+from diladiff_cli.latent_shards import write_split
 
 SHAPE = (4, 8)
 
@@ -36,27 +30,5 @@ def write_latents(
     shard_size: int = 64,
 ) -> Path:
     """Write ``latents`` ``(n, N, D)`` as one complete split of `encode`'s output."""
-    out = Path(directory) / split
-    out.mkdir(parents=True, exist_ok=True)
-    shards = []
-    for k, start in enumerate(range(0, len(latents), shard_size)):
-        rows = latents[start : start + shard_size]
-        record = ShardRecord(
-            shard=k, start=start, count=len(rows), autoencoder_sha256=ae_sha, split=split
-        )
-        write_shard(out, record, rows, torch.arange(start, start + len(rows)))
-        shards.append({"file": shard_name(k), "start": start, "count": len(rows)})
-    write_index(
-        out,
-        LatentIndex(
-            split=split,
-            count=len(latents),
-            shape=tuple(latents.shape[1:]),
-            dtype="float32",
-            shard_size=shard_size,
-            shards=shards,
-            normalization={"kind": "none"},
-            autoencoder={"path": "synthetic-ae.pt", "sha256": ae_sha, "step": 0},
-        ),
-    )
-    return out
+    record = {"path": "synthetic-ae.pt", "sha256": ae_sha, "step": 0}
+    return write_split(directory, latents, split=split, autoencoder=record, shard_size=shard_size)

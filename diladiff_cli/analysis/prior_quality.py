@@ -33,13 +33,7 @@ import torch
 from diladiff_cli.diffusion.flow import integrate, velocity_of
 from diladiff_cli.diffusion.meanflow import average_velocity
 from diladiff_cli.errors import DiladiffError
-from diladiff_cli.latent_shards import (
-    LatentIndex,
-    ShardRecord,
-    shard_name,
-    write_index,
-    write_shard,
-)
+from diladiff_cli.latent_shards import write_split
 from diladiff_cli.prior import (
     LatentModel,
     held_out_latents,
@@ -571,29 +565,7 @@ def write_standin_latents(directory: str | Path) -> None:
 
     train, valid = draw(9510, 1), draw(516, 2)
     mean, std = train.mean(0), train.std(0)
-    sha, shard_size = "c" * 64, 2048
+    record = {"path": "synthetic-ae.pt", "sha256": "c" * 64, "step": 0}
     for split, z in (("train", train), ("valid", valid)):
         latents = ((z - mean) / std).float()
-        out = Path(directory) / split
-        out.mkdir(parents=True, exist_ok=True)
-        shards = []
-        for k, start in enumerate(range(0, len(latents), shard_size)):
-            rows = latents[start : start + shard_size]
-            record = ShardRecord(
-                shard=k, start=start, count=len(rows), autoencoder_sha256=sha, split=split
-            )
-            write_shard(out, record, rows, torch.arange(start, start + len(rows)))
-            shards.append({"file": shard_name(k), "start": start, "count": len(rows)})
-        write_index(
-            out,
-            LatentIndex(
-                split=split,
-                count=len(latents),
-                shape=tuple(latents.shape[1:]),
-                dtype="float32",
-                shard_size=shard_size,
-                shards=shards,
-                normalization={"kind": "none"},
-                autoencoder={"path": "synthetic-ae.pt", "sha256": sha, "step": 0},
-            ),
-        )
+        write_split(directory, latents, split=split, autoencoder=record, shard_size=2048)
