@@ -49,6 +49,7 @@ import torch
 from diladiff_cli import hub
 from diladiff_cli.config.data import CorpusConfig, DataConfig
 from diladiff_cli.errors import DiladiffError
+from diladiff_cli.files import atomic_write_json
 from diladiff_cli.oracle import ORACLE_FILE, ORACLE_VERSION, build_oracle, load_oracle, text_of
 from diladiff_cli.structs import from_dict
 
@@ -657,12 +658,6 @@ def _write_npy(blocks: Any, path: Path, *, vocab_size: int) -> None:
     del array
 
 
-def _write_json_atomic(path: Path, data: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, path)
-
-
 def prepare(cfg: DataConfig, *, progress: Progress | None = None) -> DataInfo:
     """Build (or reuse) the tokenizer and the packed train / valid blocks.
 
@@ -764,7 +759,7 @@ def prepare(cfg: DataConfig, *, progress: Progress | None = None) -> DataInfo:
         meta = dataclasses.asdict(info)
         del meta["out_dir"], meta["reused"]
         meta["tokenizer_dir"] = "tokenizer"  # relative: the directory can be moved
-        _write_json_atomic(out / "meta.json", meta)
+        atomic_write_json(out / "meta.json", meta)
         say(f"wrote {counts['train']} train / {counts['valid']} valid blocks to {out}")
         return info
     finally:

@@ -176,3 +176,15 @@ def test_other_config_refuses_to_resume(pipeline, tmp_path):
         "another config",
     )
     assert out.read_bytes() == (tmp_path / "backup.pt").read_bytes()
+
+
+def test_command_options_reach_the_config_as_typed_values(tmp_path):
+    """A path option is never read as YAML: '#' would start a comment, '[...]' a list, and
+    '123' an int that the str field refuses."""
+    for out in ("runs/hash/run #2.pt", "runs/[a, b].pt", "123", "x: y.pt"):
+        proc = cli("train-mdlm", str(RECIPE), "--dry-run", "--out", out, cwd=tmp_path)
+        assert proc.returncode == 0, proc.stderr
+        assert f"out: {out}" in proc.stdout or f"out: '{out}'" in proc.stdout, proc.stdout
+    proc = cli("sample", str(RECIPE), "--dry-run", "--seed", "7", cwd=tmp_path)
+    assert proc.returncode == 0 and "seed: 7" in proc.stdout, proc.stderr
+    assert not (tmp_path / "runs").exists()

@@ -220,7 +220,7 @@ def test_interrupted_rebuild_leaves_no_valid_looking_cache(tmp_path, monkeypatch
         raise KeyboardInterrupt
 
     # Killed after the new blocks are swapped in, before meta.json is written.
-    monkeypatch.setattr(data, "_write_json_atomic", killed)
+    monkeypatch.setattr(data, "atomic_write_json", killed)
     with pytest.raises(KeyboardInterrupt):
         prepare(dataclasses.replace(cfg, seq_len=24))
     monkeypatch.undo()
