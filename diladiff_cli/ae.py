@@ -480,6 +480,17 @@ class LoadedAutoencoder:
             record["std"] = self.model.latent_std.cpu().tolist()
         return record
 
+    def blocks(self, data_dir: str | Path, split: str) -> TwoViewBlocks:
+        """The two views of a split of prepared data, with this autoencoder's tokenizers
+        and the encoder's maximum length."""
+        return TwoViewBlocks(
+            data_dir=data_dir,
+            split=split,
+            decoder_tokenizer=self.decoder_tokenizer,
+            encoder_tokenizer=self.encoder_tokenizer,
+            max_len=self.config.encoder.max_len,
+        )
+
     @torch.no_grad()
     def encode_view(self, view: TwoViewBatch | EncoderView) -> torch.Tensor:
         """Clean latents z ``(B, N, D)`` (normalised) of an encoder view."""

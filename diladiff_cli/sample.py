@@ -42,7 +42,6 @@ from diladiff_cli.config.train import Precision
 from diladiff_cli.diffusion.masked import SampleOutput, sample_masked
 from diladiff_cli.distributed import Runtime, device_name, synchronize
 from diladiff_cli.encode import encode_texts
-from diladiff_cli.encoder import TwoViewBlocks
 from diladiff_cli.errors import CheckpointError, DiladiffError
 from diladiff_cli.files import atomic_write_bytes, atomic_write_json, atomic_write_text
 from diladiff_cli.hub import load_tokenizer
@@ -526,13 +525,7 @@ def _reconstruct_plan(
         source_tokens = _text_sources(loaded, texts, sources.truncate)
         source_texts = texts
     else:
-        data = TwoViewBlocks(
-            data_dir=sources.data_dir or loaded.data.data_dir,
-            split=sources.split,
-            decoder_tokenizer=loaded.decoder_tokenizer,
-            encoder_tokenizer=loaded.encoder_tokenizer,
-            max_len=loaded.config.encoder.max_len,
-        )
+        data = loaded.blocks(sources.data_dir or loaded.data.data_dir, sources.split)
         if num_blocks > len(data):
             raise DiladiffError(
                 f"--reconstruct {num_blocks}: the {sources.split} split has {len(data)} blocks"

@@ -1,18 +1,8 @@
 """Benchmark every stage on whatever device it runs; append the figures to docs/benchmarks.md.
 
-What it measures, at the recipe's sizes:
-
-* training, through the real training loop (:func:`diladiff_cli.train.train`: AdamW, fused
-  on CUDA, clipping, EMA, autocast, ``torch.compile`` when asked): steps/s and tokens/s of
-  the MDLM, the autoencoder (the frozen encoder run on every step, and the cached-states
-  variant), the prior (LaDiff) and the distillation (MeanFlow and TVM, their JVP included),
-  latents/s for the last two; on a GPU of known peak also model-FLOPs utilisation,
-  6 x trained parameters x tokens / time / peak (token-embedding lookups not counted, nor
-  the frozen encoder's, the teacher's or the JVP's passes);
-* sampling, through the library's sampler (:func:`diladiff_cli.sample.generate`): MDLM,
-  LaDiff (Ncont 200) and DiLaDiff (Ncont 5) at Ndisc in {L/16, L/4, L}: seconds per
-  sample, tokens per second and the latent share, all read from the sampler's
-  :class:`~diladiff_cli.sample.Timing` record.
+What it measures (training throughput and MFU of every stage; sampling speed and latent
+share of MDLM, LaDiff and DiLaDiff at Ndisc in {L/16, L/4, L}) is described in
+:mod:`diladiff_cli.analysis.benchmark`, which does the measuring.
 
 Weights: the trained checkpoints the recipe names (mdlm.out, ae.out, prior.out,
 distill.out) when all of them exist, else random initialisation at the recipe's sizes

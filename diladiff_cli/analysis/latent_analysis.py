@@ -63,13 +63,7 @@ def nelbo_table(
     Returns:
         ``z``, ``null`` and ``mdlm`` NELBOs (nats/token) and ``blocks``, how many blocks.
     """
-    valid = TwoViewBlocks(
-        data_dir=data_dir,
-        split="valid",
-        decoder_tokenizer=ae.decoder_tokenizer,
-        encoder_tokenizer=ae.encoder_tokenizer,
-        max_len=ae.config.encoder.max_len,
-    )
+    valid = ae.blocks(data_dir, "valid")
     common = dict(batch_size=BATCH, batches=batches, seed=0, runtime=runtime, precision="fp32")
     out = {}
     for name, latent in (("z", "encoder"), ("null", "null")):
@@ -371,13 +365,7 @@ def analyse_autoencoder(
         seed: the decoders' seed.
         progress: called with a line after each table or setting.
     """
-    valid = TwoViewBlocks(
-        data_dir=data_dir,
-        split="valid",
-        decoder_tokenizer=ae.decoder_tokenizer,
-        encoder_tokenizer=ae.encoder_tokenizer,
-        max_len=ae.config.encoder.max_len,
-    )
+    valid = ae.blocks(data_dir, "valid")
     with torch.no_grad():
         nelbo = nelbo_table(ae, mdlm, data_dir=data_dir, batches=nelbo_batches, runtime=runtime)
         progress(f"nelbo {nelbo}")
