@@ -16,6 +16,11 @@ network), with the training-time regularisation drawn from the step context:
 Gaussian noise and position masking on the encoder states, element masking on the
 latents, each on a share of the batch, and latent dropout (z replaced by the null
 latent). Evaluation runs none of them.
+
+The perfect-latent bound (``encoder.name: oracle-topic``, oracle corpus only) is the
+same model, objective and loop with another input: no encoder, and each block's states
+are the one-hot of its document's topic (:class:`~diladiff_cli.encoder.OracleTopicBlocks`),
+so the decoder, its cross-attention and the budget are the autoencoder's.
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ from diladiff_cli.checkpoint import (
 from diladiff_cli.config.data import DataConfig
 from diladiff_cli.config.models import DiTConfig
 from diladiff_cli.config.stages import (
+    ORACLE_TOPIC,
     AEStageConfig,
     AugmentConfig,
 )
@@ -55,10 +61,12 @@ from diladiff_cli.distributed import Runtime, barrier
 from diladiff_cli.encoder import (
     CachedStates,
     EncoderView,
+    OracleTopicBlocks,
     TwoViewBatch,
     TwoViewBlocks,
     load_encoder,
     state_statistics,
+    topic_statistics,
 )
 from diladiff_cli.errors import CheckpointError, DiladiffError
 from diladiff_cli.latent_shards import (
@@ -75,6 +83,7 @@ from diladiff_cli.models.dit import DiT
 from diladiff_cli.models.mdlm_import import load_mdlm_pretrained
 from diladiff_cli.models.perceiver import PerceiverCompressor
 from diladiff_cli.objective import LossOutput, StepContext, unwrap
+from diladiff_cli.oracle import load_oracle
 from diladiff_cli.structs import from_dict, to_dict
 from diladiff_cli.train import Reporter, TrainResult, autocast, seed_everything, train
 
@@ -189,7 +198,8 @@ class AutoencoderLoss:
     """The AE objective: MDLM NELBO of the clean block given z.
 
     Args:
-        encoder: the frozen encoder (on the training device).
+        encoder: the frozen encoder (on the training device); None when every batch
+            carries its states (the bound's topic one-hots).
         schedule: the decoder's noise schedule.
         mask_id: the mask token.
         augment: training-time regularisation (drawn only when the model is in
@@ -203,7 +213,7 @@ class AutoencoderLoss:
     def __init__(
         self,
         *,
-        encoder: FrozenEncoder,
+        encoder: FrozenEncoder | None,
         schedule: LogLinearSchedule,
         mask_id: int,
         augment: AugmentConfig,
@@ -320,6 +330,16 @@ def train_ae(
     Returns:
         The loop's :class:`TrainResult`.
     """
+    if cfg.encoder.name == ORACLE_TOPIC:
+        return _train_bound(
+            cfg=cfg,
+            data=data,
+            stage_config=stage_config,
+            runtime=runtime,
+            precision=precision,
+            resume=resume,
+            reporter=reporter,
+        )
     info = load_data_info(data.out)
     encoder, enc_tokenizer = load_encoder(cfg.encoder, device=runtime.device)
     base = load_base_decoder(cfg.decoder.base, info)
@@ -386,12 +406,100 @@ def train_ae(
     return result
 
 
+def _train_bound(
+    *,
+    cfg: AEStageConfig,
+    data: DataConfig,
+    stage_config: dict[str, Any],
+    runtime: Runtime,
+    precision: Precision,
+    resume: bool,
+    reporter: Reporter | None,
+) -> TrainResult:
+    """:func:`train_ae` for the perfect-latent bound: the states of a block are the
+    one-hot ``(1, K)`` of its document's topic, normalised by the prior's exact
+    statistics; the rest (model, objective with its augmentations, loop, checkpoint,
+    latent statistics) is the autoencoder's. A duplicate of train_ae's body rather than
+    a mode of it: the two differ in every line that builds the inputs.
+
+    Raises:
+        DiladiffError: ``data.out`` is not an oracle corpus.
+    """
+    info = load_data_info(data.out)
+    try:
+        oracle = load_oracle(data.out)
+    except DiladiffError as err:
+        raise DiladiffError(
+            f"ae.encoder.name {ORACLE_TOPIC} needs an oracle corpus: {err}"
+        ) from None
+    base = load_base_decoder(cfg.decoder.base, info)
+    dec_tokenizer = hub.load_tokenizer(info.tokenizer_dir)
+    seed_everything(cfg.train.seed)
+    model = build_autoencoder(cfg, dit=base.dit, encoder_dim=oracle.num_topics)
+
+    def source(split: str, limit: int | None = None) -> OracleTopicBlocks:
+        return OracleTopicBlocks(
+            data_dir=data.out,
+            split=split,
+            decoder_tokenizer=dec_tokenizer,
+            oracle=oracle,
+            limit=limit,
+        )
+
+    # cache_blocks keeps its meaning (train on the first N blocks) so that the bound
+    # sees the autoencoder's data as well as its steps.
+    train_data, valid_data = source("train", cfg.encoder.cache_blocks or None), source("valid")
+    if cfg.encoder.normalize:
+        model.set_state_stats(*topic_statistics(oracle.prior))
+    set_trainable(model, cfg.decoder.trainable)
+    objective = AutoencoderLoss(
+        encoder=None,
+        schedule=LogLinearSchedule(eps=base.noise_eps),
+        mask_id=info.mask_id,
+        augment=cfg.augment,
+        max_len=1,  # one state per block
+    )
+    extra = {
+        **to_dict(DataRecord.of(info, data.out)),
+        "encoder_name": ORACLE_TOPIC,
+        "encoder_hidden": oracle.num_topics,
+        "bound": {
+            "conditioning": "the true document topic (argmax of the oracle posterior)",
+            "oracle_fingerprint": oracle.fingerprint,
+            "num_topics": oracle.num_topics,
+            "prior": oracle.prior.tolist(),
+        },
+        "decoder": to_dict(base.dit.config),
+        "base_mdlm": base.source,
+        "noise_eps": base.noise_eps,
+    }
+    result = train(
+        model=model,
+        objective=objective,
+        train_data=train_data,
+        valid_data=valid_data,
+        cfg=cfg.train,
+        out=cfg.out,
+        meta=CheckpointMeta(stage=STAGE, step=0, config=stage_config, extra=extra),
+        runtime=runtime,
+        precision=precision,
+        resume=resume,
+        reporter=reporter,
+    )
+    if cfg.latent_norm == "stats" and runtime.is_main:
+        _store_latent_stats(
+            cfg, model=model, encoder=None, data=train_data, runtime=runtime, precision=precision
+        )
+    barrier()
+    return result
+
+
 def _store_latent_stats(
     cfg: AEStageConfig,
     *,
     model: Autoencoder,
-    encoder: FrozenEncoder,
-    data: TwoViewBlocks | CachedStates,
+    encoder: FrozenEncoder | None,
+    data: TwoViewBlocks | CachedStates | OracleTopicBlocks,
     runtime: Runtime,
     precision: Precision,
 ) -> None:
@@ -436,8 +544,9 @@ class LoadedAutoencoder:
 
     Attributes:
         model: the :class:`Autoencoder` in eval mode.
-        encoder: the frozen encoder (reloaded from its name).
-        encoder_tokenizer: the encoder's tokenizer.
+        encoder: the frozen encoder (reloaded from its name); None for the bound
+            (``oracle-topic``), which encodes no text.
+        encoder_tokenizer: the encoder's tokenizer (None for the bound).
         decoder_tokenizer: the data's tokenizer.
         config: the stage config it was trained with.
         data: the data it was trained on (vocab, special tokens, tokenizer, seq_len).
@@ -451,7 +560,7 @@ class LoadedAutoencoder:
     """
 
     model: Autoencoder
-    encoder: FrozenEncoder
+    encoder: FrozenEncoder | None
     encoder_tokenizer: Any
     decoder_tokenizer: Any
     config: AEStageConfig
@@ -471,6 +580,20 @@ class LoadedAutoencoder:
     def mask_id(self) -> int:
         return self.data.mask_id
 
+    @property
+    def is_bound(self) -> bool:
+        """Conditioned on the oracle's topic (``encoder.name: oracle-topic``), not on text."""
+        return self.encoder is None
+
+    def require_encoder(self) -> FrozenEncoder:
+        """The frozen encoder; a one-line DiladiffError for the bound, which has none."""
+        if self.encoder is None:
+            raise DiladiffError(
+                f"{self.path} is the perfect-latent bound (encoder {ORACLE_TOPIC}): it encodes "
+                "no text; sample it with --model bound"
+            )
+        return self.encoder
+
     def normalization(self) -> dict[str, Any]:
         """The latent normalisation as recorded in a latent index."""
         kind = self.model.latent_norm
@@ -483,6 +606,7 @@ class LoadedAutoencoder:
     def blocks(self, data_dir: str | Path, split: str) -> TwoViewBlocks:
         """The two views of a split of prepared data, with this autoencoder's tokenizers
         and the encoder's maximum length."""
+        self.require_encoder()
         return TwoViewBlocks(
             data_dir=data_dir,
             split=split,
@@ -494,11 +618,12 @@ class LoadedAutoencoder:
     @torch.no_grad()
     def encode_view(self, view: TwoViewBatch | EncoderView) -> torch.Tensor:
         """Clean latents z ``(B, N, D)`` (normalised) of an encoder view."""
+        encoder = self.require_encoder()
         ids = view.enc_ids if isinstance(view, TwoViewBatch) else view.ids
         mask = view.enc_mask if isinstance(view, TwoViewBatch) else view.mask
         device = self.model.state_mean.device
         ids, mask = ids.to(device), mask.to(device)
-        return self.model.encode(self.encoder(ids, mask), mask).float()
+        return self.model.encode(encoder(ids, mask), mask).float()
 
 
 def load_autoencoder(path: str | Path, *, device: torch.device) -> LoadedAutoencoder:
@@ -523,8 +648,10 @@ def load_autoencoder(path: str | Path, *, device: torch.device) -> LoadedAutoenc
     dit = DiT.from_config(decoder_config)
     model = build_autoencoder(cfg, dit=dit, encoder_dim=int(extra["encoder_hidden"]))
     load_into(model, load_checkpoint(path, stage=STAGE).tensors, source=str(path))
-    encoder, enc_tokenizer = load_encoder(cfg.encoder, device=device)
-    if encoder.hidden_size != int(extra["encoder_hidden"]):
+    encoder, enc_tokenizer = None, None  # the bound: its states are topics, not text
+    if cfg.encoder.name != ORACLE_TOPIC:
+        encoder, enc_tokenizer = load_encoder(cfg.encoder, device=device)
+    if encoder is not None and encoder.hidden_size != int(extra["encoder_hidden"]):
         raise CheckpointError(
             f"{path} was trained on a {extra['encoder_hidden']}-wide encoder; "
             f"'{cfg.encoder.name}' is {encoder.hidden_size} wide"

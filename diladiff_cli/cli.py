@@ -56,6 +56,8 @@ class ModelOpt(str, Enum):
     mdlm = "mdlm"
     ladiff = "ladiff"
     diladiff = "diladiff"
+    ar = "ar"
+    bound = "bound"
 
 
 class SelectionOpt(str, Enum):
@@ -414,8 +416,12 @@ def sample(
     model: Annotated[
         ModelOpt | None,
         typer.Option(
-            help="mdlm, ladiff (prior ODE, then tokens) or diladiff (distilled student, then "
-            "tokens). Default: the recipe's; diladiff when --ncont is given."
+            help="mdlm, ladiff (prior ODE, then tokens), diladiff (distilled student, then "
+            "tokens), ar (the judge, one token per forward pass; --checkpoint default: the "
+            "recipe's judge.out) or bound (oracle corpus: a prior-drawn topic, then the "
+            "bound autoencoder's decoder; --checkpoint: train-ae with "
+            "--set ae.encoder.name=oracle-topic). Default: the recipe's; diladiff when "
+            "--ncont is given."
         ),
     ] = None,
     ncont: Annotated[
@@ -441,6 +447,17 @@ def sample(
     latent and the discrete stage.
 
     Example: diladiff sample --ncont 5 --ndisc 64
+
+    Autoregressive baseline: --model ar draws whole blocks from the GenPPL judge
+    (train-judge), one token per forward pass with its key-value cache.
+
+    Example: diladiff sample --model ar --temperature 0.9
+
+    Perfect-latent bound (oracle corpus): --model bound draws a topic from the oracle's
+    prior and decodes from its one-hot through the bound autoencoder (train-ae RECIPE
+    --set ae.encoder.name=oracle-topic --out runs/oracle/bound.pt).
+
+    Example: diladiff sample RECIPE --model bound --checkpoint runs/oracle/bound.pt
     """
     given = {
         "checkpoint": checkpoint,
@@ -476,6 +493,7 @@ def sample(
         reconstruct=rebuild,
         ae_checkpoint=encode_section(cfg).checkpoint if rebuild and checkpoint is None else None,
         explicit=frozenset(k for k, v in given.items() if v is not None),
+        judge=cfg.judge.out,
     )
     result = generate(
         model=request.model,
@@ -619,10 +637,11 @@ def pareto(
     device: DeviceOpt = "auto",
     precision: PrecisionArg = PrecisionOpt.fp32,
 ) -> None:
-    """Speed-quality sweep: sample + eval every cell of the recipe's grids (finished cells
-    are skipped), then write pareto.csv, pareto.md and the figures.
+    """Speed-quality sweep: sample + eval every cell of the recipe's grids once per
+    sampling seed (pareto.seeds; finished ones are skipped), then write pareto.csv (mean
+    and standard error over seeds), pareto_seeds.csv, pareto.md and the figures.
 
-    Example: diladiff pareto recipes/tiny/default.yaml
+    Example: diladiff pareto recipes/tiny/default.yaml --set "pareto.seeds=[0, 1, 2]"
     """
     cfg = _load(recipe, set_, {"pareto.out": out, "pareto.num_samples": num_samples})
     if dry_run:
@@ -641,6 +660,7 @@ def pareto(
     _print_json(
         {
             "csv": str(result.csv),
+            "seeds_csv": str(result.seeds_csv),
             "table": str(result.table),
             "plots": {k: str(v) for k, v in result.plots.items()},
             "skipped_plots": result.skipped_plots,

@@ -70,6 +70,7 @@ def encode_texts(
     """
     if not texts or any(not t.strip() for t in texts):
         raise DiladiffError("nothing to encode: empty text")
+    loaded.require_encoder()  # the bound encodes no text
     max_len = loaded.config.encoder.max_len
     view = tokenize_for_encoder(loaded.encoder_tokenizer, texts, max_len=max_len)
     lengths = view.lengths.tolist()

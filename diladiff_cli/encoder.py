@@ -5,6 +5,10 @@ view is a packed block of the prepared data (BPE/GPT-2 ids, ``(L,)``); the encod
 is that block decoded to text (special tokens dropped) and re-tokenised by the encoder's
 own tokenizer (BERT WordPiece), truncated at ``encoder.max_len``. :class:`CachedStates`
 runs the frozen encoder once per block when the recipe asks for it.
+
+On an oracle corpus, :class:`OracleTopicBlocks` replaces the encoder for the
+perfect-latent bound (``encoder.name: oracle-topic``): a block's "states" are one
+vector, the one-hot of its document's topic, fed to the same compressor.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from diladiff_cli import hub
 from diladiff_cli.config.stages import (
@@ -27,6 +32,7 @@ from diladiff_cli.errors import DiladiffError
 from diladiff_cli.models.autoencoder import (
     FrozenEncoder,
 )
+from diladiff_cli.oracle import Oracle, words_of
 
 
 def resolve_encoder_name(name: str) -> str:
@@ -221,3 +227,83 @@ def state_statistics(
     mean = total / count
     std = (square / count - mean.pow(2)).clamp_min(1e-12).sqrt()
     return mean.float().cpu(), std.float().cpu()
+
+
+# ----------------------------------------------------------------------------- the bound
+
+
+def topic_states(topics: torch.Tensor, *, num_topics: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The bound's states of documents of topics ``topics`` ``(B,)``: one vector per block,
+    the topic's one-hot ``(B, 1, K)`` float32, and its mask ``(B, 1)`` (all True)."""
+    states = F.one_hot(topics.long().cpu(), num_topics).float()[:, None, :]  # (B, 1, K)
+    return states, torch.ones(states.shape[:2], dtype=torch.bool)
+
+
+def topic_statistics(prior: np.ndarray | list[float]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-dimension mean and std ``(K,)`` of the topic one-hots, exact under the prior
+    (``p`` and ``sqrt(p (1 - p))``), not measured: a topic the first batches miss would
+    get a zero std. A single topic (K = 1, std 0) keeps a std of 1."""
+    p = torch.as_tensor(np.asarray(prior, dtype=np.float64))  # (K,)
+    std = (p * (1 - p)).sqrt()
+    std = torch.where(std > 0, std, torch.ones_like(std))
+    return p.float(), std.float()
+
+
+class OracleTopicBlocks:
+    """A prepared split of an oracle corpus as an ExampleSource for the perfect-latent
+    bound: each block with its "encoder states", the one-hot of its document's topic.
+
+    A block's topic is the argmax of the oracle's posterior p(topic | words) of its
+    words: it needs only the block (any split, any data prepared with this oracle), and
+    for a whole document the posterior is about 1 on the topic the document was drawn
+    from. Batches carry no encoder view: ``enc_ids`` is a ``(B, 1)`` placeholder, the
+    mask is all True and ``states`` is ``(B, 1, K)``. Topics are computed the first time
+    a block is drawn and kept (one integer a block).
+
+    Args:
+        data_dir: the prepared oracle data.
+        split: ``"train"`` or ``"valid"``.
+        decoder_tokenizer: the data's tokenizer (decodes blocks to words).
+        oracle: the data's oracle (:func:`diladiff_cli.oracle.load_oracle`).
+        limit: use only the first ``limit`` blocks.
+    """
+
+    def __init__(
+        self,
+        *,
+        data_dir: str | Path,
+        split: str,
+        decoder_tokenizer: Any,
+        oracle: Oracle,
+        limit: int | None = None,
+    ) -> None:
+        self.blocks = load_blocks(data_dir, split)
+        self.decoder_tokenizer = decoder_tokenizer
+        self.oracle = oracle
+        self.size = len(self.blocks) if limit is None else min(limit, len(self.blocks))
+        self._topics: dict[int, int] = {}
+
+    def __len__(self) -> int:
+        return self.size
+
+    def topics(self, indices: np.ndarray | list[int]) -> np.ndarray:
+        """``(B,)`` the topic of each block: argmax of the oracle's posterior."""
+        missing = [int(b) for b in indices if int(b) not in self._topics]
+        if missing:
+            texts = decode_blocks(
+                self.decoder_tokenizer, self.blocks.tokens(missing), skip_special_tokens=True
+            )
+            posterior = self.oracle.score([words_of(t) for t in texts]).posterior  # (m, K)
+            self._topics.update(zip(missing, posterior.argmax(1).tolist(), strict=True))
+        return np.asarray([self._topics[int(b)] for b in indices], dtype=np.int64)
+
+    def batch(self, indices: np.ndarray) -> TwoViewBatch:
+        tokens = self.blocks.tokens(indices)  # (B, L)
+        topics = torch.from_numpy(self.topics(indices))
+        states, mask = topic_states(topics, num_topics=self.oracle.num_topics)
+        return TwoViewBatch(
+            tokens=tokens,
+            enc_ids=torch.zeros(mask.shape, dtype=torch.long),
+            enc_mask=mask,
+            states=states,
+        )

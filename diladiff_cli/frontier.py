@@ -1,8 +1,10 @@
 """The rows of a sweep, compared and tabulated: Pareto frontiers, the speed-up at
 equal quality (the headline), ``pareto.csv`` and ``pareto.md``.
 
-A row is one cell's results, a dict with the keys :data:`CSV_COLUMNS` (written by
-:func:`diladiff_cli.pareto.make_row`, or read back from a ``pareto.csv``).
+A row is one cell's results, a dict with the keys :data:`CSV_COLUMNS`: each of
+:data:`MEASURES` as its mean over the cell's sampling seeds, with that mean's standard
+error in ``<measure>_se`` (:func:`diladiff_cli.pareto.aggregate` of the seeds' rows, or
+read back from a ``pareto.csv``); the frontiers and the headline use the means.
 
 The headline: at equal quality (MAUVE, or GenPPL), how much cheaper each model
 is than the baseline (MDLM): along each model's Pareto frontier (its
@@ -28,14 +30,9 @@ from diladiff_cli.config.evaluation import EvalConfig
 from diladiff_cli.evaluate import ReferenceFloor
 from diladiff_cli.files import atomic_write_text
 
-CSV_COLUMNS = (
-    "model",
-    "ncont",
-    "ndisc",
-    "selection",
-    "temperature",
-    "distill",
-    "num_samples",
+# Measured once per sampling seed: a cell's row holds the mean over its seeds in column
+# ``m`` and the standard error of that mean in ``m_se`` (see diladiff_cli.pareto.aggregate).
+MEASURES = (
     "forward_passes",
     "forward_passes_latent",
     "tokens_per_forward",
@@ -44,20 +41,32 @@ CSV_COLUMNS = (
     "entropy",
     "seconds_per_sample",
     "latent_share",
-    "genppl_floor",
-    "judge_valid_ppl",
-    "reference_entropy",
-    "oracle_nll",  # the exact scorer's columns: empty unless the corpus is an oracle one
-    "oracle_nll_se",
-    "oracle_nll_floor",
+    "oracle_nll",  # the exact scorer's measures: empty unless the corpus is an oracle one
     "oracle_bad_transitions",
     "oracle_purity",
     "oracle_posterior_max",
     "oracle_topic_kl",
     "oracle_oov",
-    "device",
-    "cell",
 )
+CELL_COLUMNS = ("model", "ncont", "ndisc", "selection", "temperature", "distill", "num_samples")
+# The same for every seed of a cell: the real-text floor and the judge
+REFERENCE_COLUMNS = (
+    "genppl_floor",
+    "judge_valid_ppl",
+    "reference_entropy",
+    "oracle_nll_floor",
+)
+TAIL_COLUMNS = ("device", "cell")
+CSV_COLUMNS = (
+    *CELL_COLUMNS,
+    "seeds",  # sampling seeds averaged
+    *itertools.chain.from_iterable((m, f"{m}_se") for m in MEASURES),
+    *REFERENCE_COLUMNS,
+    *TAIL_COLUMNS,
+)
+"""``pareto.csv``: one row per cell, the measures as mean and standard error over seeds."""
+SEED_CSV_COLUMNS = (*CELL_COLUMNS, "seed", *MEASURES, *REFERENCE_COLUMNS, *TAIL_COLUMNS)
+"""``pareto_seeds.csv``: one row per (cell, seed), each measure as measured."""
 
 
 # ----------------------------------------------------------------------------- headline
@@ -200,17 +209,20 @@ def headline(
 # ----------------------------------------------------------------------------- writers
 
 
-def write_csv(rows: list[dict[str, Any]], path: Path) -> Path:
-    """Write ``rows`` as CSV, atomically: the columns :data:`CSV_COLUMNS`, None as empty.
+def write_csv(
+    rows: list[dict[str, Any]], path: Path, *, columns: tuple[str, ...] = CSV_COLUMNS
+) -> Path:
+    """Write ``rows`` as CSV, atomically: the ``columns`` (:data:`CSV_COLUMNS`, or
+    :data:`SEED_CSV_COLUMNS` for the rows of single seeds), None as empty.
 
     Returns:
         ``path``.
     """
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=list(CSV_COLUMNS), lineterminator="\n")
+    writer = csv.DictWriter(buf, fieldnames=list(columns), lineterminator="\n")
     writer.writeheader()
     for row in rows:
-        writer.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in CSV_COLUMNS})
+        writer.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in columns})
     atomic_write_text(path, buf.getvalue())
     return path
 
@@ -225,6 +237,15 @@ def fmt(value: Any, digits: int = 3) -> str:
             return "-"
         return f"{value:.{digits}g}" if abs(value) < 1000 else f"{value:.0f}"
     return str(value)
+
+
+def fmt_se(row: dict[str, Any], measure: str, digits: int = 3) -> str:
+    """A row's mean of ``measure`` with its standard error over seeds (``0.91 ± 0.012``),
+    the mean alone when there is none (one seed)."""
+    mean, se = row.get(measure), row.get(f"{measure}_se")
+    if se is None or not math.isfinite(float(se)) or fmt(mean) == "-":
+        return fmt(mean, digits)
+    return f"{fmt(mean, digits)} ± {float(se):.2g}"
 
 
 def write_markdown(
@@ -260,7 +281,11 @@ def write_markdown(
         f"clusters {'auto (n/10)' if not eval_cfg.mauve.num_clusters else eval_cfg.mauve.num_clusters}, "
         f"scaling {eval_cfg.mauve.scaling:g}",
         f"- Sampling: {settings['num_samples']} samples per cell, batch {settings['batch_size']}, "
-        f"seed {settings['seed']}, top-p {settings['top_p']:g}; device {fmt(rows[0]['device']) if rows else '-'}",
+        f"seeds {', '.join(str(s) for s in settings['seeds'])}, top-p {settings['top_p']:g}; "
+        f"device {fmt(rows[0]['device']) if rows else '-'}",
+        "- Each measure: the mean over the sampling seeds ± its standard error (std over "
+        "seeds, ddof 1, / sqrt(seeds); none with one seed); per-seed values in "
+        "`pareto_seeds.csv`",
         "",
         "| model | Ncont | Ndisc | selection | T | tokens/fwd | s/sample | latent share "
         "| GenPPL | MAUVE | entropy |",
@@ -270,10 +295,27 @@ def write_markdown(
         model = r["model"] + (f" ({r['distill']})" if r["distill"] else "")
         lines.append(
             f"| {model} | {r['ncont']} | {r['ndisc']} | {r['selection']} | {r['temperature']:g} "
-            f"| {fmt(r['tokens_per_forward'])} | {fmt(r['seconds_per_sample'])} "
-            f"| {fmt(r['latent_share'], 2)} | {fmt(r['genppl'])} | {fmt(r['mauve'])} "
-            f"| {fmt(r['entropy'])} |"
+            f"| {fmt(r['tokens_per_forward'])} | {fmt_se(r, 'seconds_per_sample')} "
+            f"| {fmt(r['latent_share'], 2)} | {fmt_se(r, 'genppl')} | {fmt_se(r, 'mauve')} "
+            f"| {fmt_se(r, 'entropy')} |"
         )
+    if any(r.get("oracle_nll") is not None for r in rows):
+        lines += [
+            "",
+            "## Exact measures (oracle corpus)",
+            "",
+            f"NLL per token of held-out text (the entropy rate): "
+            f"{fmt(rows[0]['oracle_nll_floor'], 4)}",
+            "",
+            "| cell | seeds | NLL / token | bad transitions / text | purity | topic KL |",
+            "| --- | ---: | ---: | ---: | ---: | ---: |",
+        ]
+        lines += [
+            f"| {r['cell']} | {r['seeds']} | {fmt_se(r, 'oracle_nll', 4)} "
+            f"| {fmt_se(r, 'oracle_bad_transitions')} | {fmt_se(r, 'oracle_purity')} "
+            f"| {fmt_se(r, 'oracle_topic_kl')} |"
+            for r in rows
+        ]
     lines += ["", "## Headline: speed-up over the baseline at equal quality", ""]
     if not speedups:
         lines.append(

@@ -3,18 +3,23 @@ write the table, the figures and the headline.
 
 A recipe's ``pareto`` section lists one or more grids; each grid is the
 cartesian product of its lists (model, ncont, ndisc, selection, temperature,
-distillation label), and the sweep runs the union of their cells. For each cell
-:func:`sample_cell` draws the samples and :class:`~diladiff_cli.evaluate.Evaluator`
-scores them; the result is cached as ``<out>/cells/<cell>-<hash>.json``, the
-hash covering the cell, the sampling settings, the checkpoint and the
-evaluation settings, so an interrupted sweep resumes where it stopped and a
-changed setting reruns only what it affects (samples are kept under
-``work_dir`` and reused when only the evaluation changed). Each evaluation record
-(``<work_dir>/scores/<hash>.json``) and real-text floor (``<work_dir>/floors/``) is
-kept there too, so sweeps that share a work_dir and a cell (the experiments of one
-scale) score it once.
+distillation label), and the sweep runs the union of their cells. The autoregressive
+baseline ``ar`` (the judge drawing one token per forward pass) has neither a latent nor
+a masked-diffusion stage: it makes one cell per temperature. Each cell runs once per
+sampling seed (``pareto.seeds``): for each seed :func:`sample_cell` draws the samples
+and :class:`~diladiff_cli.evaluate.Evaluator` scores them; the result is cached as
+``<out>/cells/<cell>-<hash>.json`` (its ``seed``, its ``row`` and the evaluation
+``record``), the hash covering the cell, the seed and the other sampling settings, the
+checkpoint and the evaluation settings, so an interrupted sweep resumes where it
+stopped and a changed setting reruns only what it affects (samples are kept under
+``work_dir`` and reused when only the evaluation changed; a hybrid cell's latents are
+drawn once per seed). Each evaluation record (``<work_dir>/scores/<hash>.json``) and
+real-text floor (``<work_dir>/floors/``) is kept there too, so sweeps that share a
+work_dir and a cell (the experiments of one scale) score it once.
 
-Outputs under ``out``: ``pareto.csv`` (one row per cell), ``pareto.md`` (the
+Outputs under ``out``: ``pareto.csv`` (one row per cell: each measure's mean over the
+seeds and, in ``<measure>_se``, its standard error; see :func:`aggregate`),
+``pareto_seeds.csv`` (one row per cell and seed, to recompute from), ``pareto.md`` (the
 table, the judge and the real-text floor, the headline), ``floor.json`` and
 PNG figures like the paper's. The frontiers, the headline and the tables are in
 :mod:`diladiff_cli.frontier`, the figures in :mod:`diladiff_cli.plots`.
@@ -25,6 +30,8 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import math
+import statistics
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -38,14 +45,25 @@ from diladiff_cli.distributed import Runtime
 from diladiff_cli.errors import CheckpointError, DiladiffError
 from diladiff_cli.evaluate import Evaluator, ReferenceFloor
 from diladiff_cli.files import atomic_write_json, atomic_write_text
-from diladiff_cli.frontier import SpeedUp, fmt, headline, write_csv, write_markdown
+from diladiff_cli.frontier import (
+    CELL_COLUMNS,
+    CSV_COLUMNS,
+    MEASURES,
+    REFERENCE_COLUMNS,
+    SEED_CSV_COLUMNS,
+    SpeedUp,
+    fmt,
+    headline,
+    write_csv,
+    write_markdown,
+)
 from diladiff_cli.judge import read_judge_record
 from diladiff_cli.plots import write_plots
 from diladiff_cli.sample import SampleSettings, generate, meta_path, write_samples
 from diladiff_cli.structs import to_dict
 from diladiff_cli.train import Reporter
 
-SAMPLERS = ("mdlm", "ladiff", "diladiff")  # models sample_cell can draw from
+SAMPLERS = ("mdlm", "ladiff", "diladiff", "ar", "bound")  # models sample_cell can draw from
 HYBRID = ("ladiff", "diladiff")  # latent first: they also need checkpoints["ae"]
 
 
@@ -54,7 +72,9 @@ HYBRID = ("ladiff", "diladiff")  # latent first: they also need checkpoints["ae"
 
 @dataclass(frozen=True)
 class Cell:
-    """One point of the sweep (mdlm cells always have ncont 0 and no distill label)."""
+    """One point of the sweep (mdlm cells always have ncont 0 and no distill label; ar
+    cells ncont 0, ndisc 0, no selection and no distill label: only their temperature
+    varies)."""
 
     model: str
     ncont: int
@@ -70,6 +90,8 @@ class Cell:
     @property
     def name(self) -> str:
         """File-safe, readable id."""
+        if self.model == "ar":
+            return f"ar-T{self.temperature:g}"
         distill = f"-{self.distill}" if self.distill else ""
         text = (
             f"{self.model}{distill}-nc{self.ncont}-nd{self.ndisc}-{self.selection}"
@@ -85,8 +107,10 @@ def expand_cells(cfg: ParetoConfig) -> list[Cell]:
         for model, ncont, ndisc, sel, temp, distill in itertools.product(
             g.models, g.ncont, g.ndisc, g.selection, g.temperature, g.distill
         ):
-            if model == "mdlm":
+            if model in ("mdlm", "bound"):  # bound: the true topic's z, no latent steps
                 ncont, distill = 0, ""
+            if model == "ar":  # 0 and "": the plots and tables take numbers and strings
+                ncont, ndisc, sel, distill = 0, 0, "", ""
             cells[Cell(model, ncont, ndisc, sel, float(temp), distill)] = None
     return list(cells)
 
@@ -94,8 +118,16 @@ def expand_cells(cfg: ParetoConfig) -> list[Cell]:
 # ----------------------------------------------------------------------------- sampling
 
 
-def resolve_checkpoints(cells: list[Cell], cfg: ParetoConfig) -> dict[str, str]:
+def resolve_checkpoints(
+    cells: list[Cell], cfg: ParetoConfig, *, judge: str | None = None
+) -> dict[str, str]:
     """Check, before anything runs, that every cell's model can be sampled.
+
+    Args:
+        cells: the sweep's cells.
+        cfg: the sweep (its ``checkpoints``).
+        judge: the ``train-judge`` directory the sweep scores with, if it does: the ``ar``
+            model's checkpoint when ``pareto.checkpoints`` has none.
 
     Raises:
         DiladiffError: one line naming the model and its missing checkpoint.
@@ -105,10 +137,11 @@ def resolve_checkpoints(cells: list[Cell], cfg: ParetoConfig) -> dict[str, str]:
         key = cell.checkpoint_key
         if key in found:
             continue
-        path = cfg.checkpoints.get(key)
+        path = cfg.checkpoints.get(key, judge if key == "ar" else None)
         if path is None:
             raise DiladiffError(
                 f"pareto: no checkpoint for model '{key}': set pareto.checkpoints.{key}"
+                + (" (a `train-judge` directory)" if key == "ar" else "")
             )
         if not Path(path).exists():
             raise DiladiffError(
@@ -152,7 +185,9 @@ def sample_cell(
     An ``mdlm`` cell on an autoencoder checkpoint decodes with its null latent (the same
     decoder as LaDiff's). Hybrid cells keep their latents in ``latent_cache``: cells
     that differ only in the discrete stage draw z once, and each still reports the
-    latent stage's measured seconds.
+    latent stage's measured seconds. An ``ar`` cell samples the judge directory
+    ``checkpoint`` (its record: ndisc and selection null); a ``bound`` cell the
+    perfect-latent bound (a ``train-ae`` checkpoint with the oracle-topic encoder).
 
     Returns:
         The JSONL path.
@@ -160,20 +195,22 @@ def sample_cell(
     Raises:
         DiladiffError: a hybrid cell without an autoencoder.
     """
-    if cell.model != "mdlm" and (cell.model not in HYBRID or autoencoder is None):
+    direct = ("mdlm", "ar", "bound")  # sampled from their checkpoint alone
+    if cell.model not in direct and (cell.model not in HYBRID or autoencoder is None):
         raise DiladiffError(
             f"pareto: sampling model '{cell.model}' (checkpoint {checkpoint}) is not available yet"
         )
+    ar = cell.model == "ar"
     settings = SampleSettings(
         num_samples=num_samples,
         batch_size=batch_size,
-        ndisc=cell.ndisc,
-        selection=cell.selection,  # type: ignore[arg-type]
+        ndisc=None if ar else cell.ndisc,
+        selection=None if ar else cell.selection,  # type: ignore[arg-type]
         temperature=cell.temperature,
         top_p=top_p,
         seed=seed,
     )
-    hybrid = cell.model != "mdlm"
+    hybrid = cell.model in HYBRID
     result = generate(
         model=cell.model,  # type: ignore[arg-type]
         checkpoint=checkpoint,
@@ -218,8 +255,9 @@ def _scorer_identity(name: str) -> Any:
 # ----------------------------------------------------------------------------- results
 
 
-def make_row(cell: Cell, record: dict[str, Any]) -> dict[str, Any]:
-    """A CSV row from a cell and its :class:`~diladiff_cli.evaluate.EvalRecord` (as a dict)."""
+def make_row(cell: Cell, record: dict[str, Any], *, seed: int) -> dict[str, Any]:
+    """The row of one seed of a cell (:data:`~diladiff_cli.frontier.SEED_CSV_COLUMNS`)
+    from its :class:`~diladiff_cli.evaluate.EvalRecord` (as a dict)."""
     speed = record["speed"]
     exact = record.get("oracle") or {}
     floor = record.get("reference_oracle") or {}
@@ -231,6 +269,7 @@ def make_row(cell: Cell, record: dict[str, Any]) -> dict[str, Any]:
         "temperature": cell.temperature,
         "distill": cell.distill,
         "num_samples": record["num_samples"],
+        "seed": seed,
         "forward_passes": speed["forward_passes_discrete"],
         "forward_passes_latent": speed["forward_passes_latent"],
         "tokens_per_forward": speed["tokens_per_forward"],
@@ -242,8 +281,7 @@ def make_row(cell: Cell, record: dict[str, Any]) -> dict[str, Any]:
         "genppl_floor": record["reference_genppl"],
         "judge_valid_ppl": record["scorer_valid_ppl"],
         "reference_entropy": record["reference_entropy"],
-        "oracle_nll": exact.get("nll_per_token"),
-        "oracle_nll_se": exact.get("nll_per_token_se"),
+        "oracle_nll": exact.get("nll_per_token"),  # its SE over texts: in the record
         "oracle_nll_floor": floor.get("nll_per_token"),
         "oracle_bad_transitions": exact.get("bad_transitions"),
         "oracle_purity": exact.get("purity"),
@@ -255,6 +293,34 @@ def make_row(cell: Cell, record: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def mean_and_se(values: list[Any]) -> tuple[float | None, float | None]:
+    """The mean of the measured values (None skipped) and its standard error: the
+    standard deviation over them (ddof 1) / sqrt(their number); no standard error from
+    fewer than two values or from a non-finite one."""
+    present = [float(v) for v in values if v is not None]
+    if not present:
+        return None, None
+    mean = math.fsum(present) / len(present)
+    if len(present) < 2 or not all(math.isfinite(v) for v in present):
+        return mean, None
+    return mean, statistics.stdev(present) / math.sqrt(len(present))
+
+
+def aggregate(seed_rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """One cell's ``pareto.csv`` row from the rows of its seeds (:func:`make_row`): each
+    of :data:`~diladiff_cli.frontier.MEASURES` as its mean over the seeds in ``m`` and
+    that mean's standard error in ``m_se`` (None with one seed), the number of seeds in
+    ``seeds``; the cell's settings and the reference columns (the same for every seed)
+    from the first seed, the devices that ran them joined."""
+    first = seed_rows[0]
+    row: dict[str, Any] = {k: first[k] for k in (*CELL_COLUMNS, *REFERENCE_COLUMNS, "cell")}
+    row["seeds"] = len(seed_rows)
+    row["device"] = "; ".join(dict.fromkeys(str(r["device"]) for r in seed_rows))
+    for m in MEASURES:
+        row[m], row[f"{m}_se"] = mean_and_se([r[m] for r in seed_rows])
+    return {k: row[k] for k in CSV_COLUMNS}
+
+
 # ----------------------------------------------------------------------------- sweep
 
 
@@ -263,19 +329,23 @@ class SweepResult:
     """What a sweep produced.
 
     Attributes:
-        rows: one dict per cell (the CSV columns).
-        csv: the CSV file.
+        rows: one dict per cell (the CSV columns): means and standard errors over seeds.
+        seed_rows: one dict per cell and seed (the ``pareto_seeds.csv`` columns).
+        csv: the CSV file (``pareto.csv``).
+        seeds_csv: the per-seed CSV file (``pareto_seeds.csv``).
         table: the Markdown file.
         plots: figures written, by name.
         skipped_plots: figures not drawn, with the reason.
         floor: the judge's perplexity and the real-text scores.
         speedups: the headline.
-        cells_run: cells sampled or evaluated in this call.
-        cells_cached: cells whose results already existed.
+        cells_run: cells with a seed sampled or evaluated in this call.
+        cells_cached: cells whose results already existed for every seed.
     """
 
     rows: list[dict[str, Any]]
+    seed_rows: list[dict[str, Any]]
     csv: Path
+    seeds_csv: Path
     table: Path
     plots: dict[str, Path]
     skipped_plots: dict[str, str]
@@ -295,31 +365,31 @@ class _Sweep:
     work: Path
     checkpoints: dict[str, str]
     identities: dict[str, Any]  # checkpoint key -> what identifies its weights
-    sampling: dict[str, Any]  # num_samples, batch_size, seed, top_p
+    sampling: dict[str, Any]  # num_samples, batch_size, top_p (the seed: per call)
     eval_id: dict[str, Any]  # evaluation settings, data, scorer weights
     runtime: Runtime
     precision: Precision
     evaluator: Evaluator
     log: Callable[[str], None]
 
-    def cell(self, cell: Cell, *, tag: str) -> tuple[dict[str, Any], bool]:
-        """One cell's row: read back when done before, else sampled (unless its samples
-        exist) and scored (unless another sweep over the work_dir scored them).
+    def cell(self, cell: Cell, *, seed: int, tag: str) -> tuple[dict[str, Any], bool]:
+        """One seed of a cell: read back when done before, else sampled (unless its
+        samples exist) and scored (unless another sweep over the work_dir scored them).
 
         Returns:
-            (the row, whether it was done before).
+            (the seed's row, whether it was done before).
         """
         sample_key = _digest(
-            {"cell": asdict(cell), **self.sampling,
+            {"cell": asdict(cell), **self.sampling, "seed": seed,
              "checkpoint": self.identities[cell.checkpoint_key],
              "autoencoder": self.identities.get("ae") if cell.model in HYBRID else None,
              "precision": self.precision}
         )  # fmt: skip
         eval_key = _digest({"sample": sample_key, **self.eval_id})
         result_file = self.out / "cells" / f"{cell.name}-{eval_key}.json"
-        if result_file.is_file():
+        if result_file.is_file():  # the row is rebuilt: records outlive the columns
             self.log(f"{tag}: done before")
-            return json.loads(result_file.read_text())["row"], True
+            return make_row(cell, json.loads(result_file.read_text())["record"], seed=seed), True
         samples = self.work / "samples" / f"{cell.name}-{sample_key}.jsonl"
         if not meta_path(samples).is_file():  # the record is written last
             self.log(f"{tag}: sampling")
@@ -331,6 +401,7 @@ class _Sweep:
                 runtime=self.runtime,
                 precision=self.precision,
                 latent_cache=self.work / "latents",
+                seed=seed,
                 **self.sampling,
             )
         score_file = self.work / "scores" / f"{eval_key}.json"
@@ -341,8 +412,11 @@ class _Sweep:
             self.log(f"{tag}: evaluating")
             record = asdict(self.evaluator.evaluate(samples))
             atomic_write_json(score_file, record, indent=2)
-        row = make_row(cell, record)
-        payload = {"cell": asdict(cell), "sample_key": sample_key, "row": row, "record": record}
+        row = make_row(cell, record, seed=seed)
+        payload = {
+            "cell": asdict(cell), "seed": seed, "sample_key": sample_key, "row": row,
+            "record": record,
+        }  # fmt: skip
         atomic_write_json(result_file, payload, indent=2)
         self.log(
             f"{tag}: GenPPL {row['genppl']:.2f} MAUVE {fmt(row['mauve'])} entropy "
@@ -402,15 +476,20 @@ def run_sweep(
         A :class:`SweepResult`.
     """
     cells = expand_cells(cfg)
-    checkpoints = resolve_checkpoints(cells, cfg)
+    scorer = eval_cfg.scorer.name
+    judge = scorer if read_judge_record(scorer) is not None else None
+    checkpoints = resolve_checkpoints(cells, cfg, judge=judge)
     info = load_data_info(data_dir)
     evaluator = Evaluator(cfg=eval_cfg, data_dir=data_dir, device=runtime.device, reporter=reporter)
     sweep = _Sweep(
         out=Path(cfg.out),
         work=Path(cfg.work_dir),
         checkpoints=checkpoints,
-        identities={k: _checkpoint_identity(p) for k, p in checkpoints.items()},
-        sampling={k: getattr(cfg, k) for k in ("num_samples", "batch_size", "seed", "top_p")},
+        identities={
+            k: _scorer_identity(p) if k == "ar" else _checkpoint_identity(p)  # a judge dir
+            for k, p in checkpoints.items()
+        },
+        sampling={k: getattr(cfg, k) for k in ("num_samples", "batch_size", "top_p")},
         eval_id={
             "eval": to_dict(eval_cfg),
             "data": info.fingerprint,
@@ -421,10 +500,17 @@ def run_sweep(
         evaluator=evaluator,
         log=reporter.log if reporter is not None else (lambda _: None),
     )
-    rows, run, cached = [], 0, 0
+    rows, seed_rows, run, cached = [], [], 0, 0
     for n, cell in enumerate(cells, 1):
-        row, done_before = sweep.cell(cell, tag=f"[{n}/{len(cells)}] {cell.name}")
-        rows.append(row)
+        mine, done_before = [], True
+        for seed in cfg.seeds:
+            row, done = sweep.cell(
+                cell, seed=seed, tag=f"[{n}/{len(cells)}] {cell.name} seed {seed}"
+            )
+            mine.append(row)
+            done_before &= done
+        seed_rows += mine
+        rows.append(aggregate(mine))
         cached += done_before
         run += not done_before
     floor = sweep.floor(
@@ -432,6 +518,7 @@ def run_sweep(
     )
     return _write_outputs(
         rows,
+        seed_rows=seed_rows,
         floor=floor,
         cfg=cfg,
         eval_cfg=eval_cfg,
@@ -444,6 +531,7 @@ def run_sweep(
 def _write_outputs(
     rows: list[dict[str, Any]],
     *,
+    seed_rows: list[dict[str, Any]],
     floor: ReferenceFloor,
     cfg: ParetoConfig,
     eval_cfg: EvalConfig,
@@ -451,22 +539,26 @@ def _write_outputs(
     cells_run: int,
     cells_cached: int,
 ) -> SweepResult:
-    """The headline, ``pareto.csv``, ``pareto.md`` and the figures under ``cfg.out``."""
+    """The headline, ``pareto.csv``, ``pareto_seeds.csv``, ``pareto.md`` and the figures
+    under ``cfg.out``."""
     out = Path(cfg.out)
     speedups = headline(rows, baseline=cfg.baseline, temperature=cfg.frontier_temperature)
     csv_path = write_csv(rows, out / "pareto.csv")
+    seeds_csv = write_csv(seed_rows, out / "pareto_seeds.csv", columns=SEED_CSV_COLUMNS)
     table = write_markdown(
         rows,
         floor=floor,
         speedups=speedups,
         eval_cfg=eval_cfg,
-        settings={**sampling, "baseline": cfg.baseline},
+        settings={**sampling, "seeds": cfg.seeds, "baseline": cfg.baseline},
         path=out / "pareto.md",
     )
     plots, skipped = write_plots(rows, floor=floor, temperature=cfg.frontier_temperature, out=out)
     return SweepResult(
         rows=rows,
+        seed_rows=seed_rows,
         csv=csv_path,
+        seeds_csv=seeds_csv,
         table=table,
         plots=plots,
         skipped_plots=skipped,

@@ -6,7 +6,10 @@ of :data:`PLOTS` that the rows allow.
 * ``temperature``: the metrics vs decoder temperature;
 * ``distill``: MeanFlow vs TVM vs the teacher across Ncont.
 
-The rows are those of :mod:`diladiff_cli.frontier` (the ``pareto.csv`` columns);
+The rows are those of :mod:`diladiff_cli.frontier` (the ``pareto.csv`` columns): a
+measure with a standard error over sampling seeds (``<measure>_se``) is drawn with an
+error bar of :data:`ERROR_BARS` standard errors each way. The autoregressive baseline
+(``ar`` rows: no Ndisc, no selection rule) is one point per temperature, "AR (KV cache)".
 matplotlib is imported when a figure is drawn, with the Agg backend.
 """
 
@@ -20,7 +23,16 @@ from typing import Any
 from diladiff_cli.evaluate import ReferenceFloor
 from diladiff_cli.files import atomic_write_bytes
 
-COLORS = {"mdlm": "tab:orange", "ladiff": "tab:green", "diladiff": "tab:purple"}
+COLORS = {
+    "mdlm": "tab:orange",
+    "ladiff": "tab:green",
+    "diladiff": "tab:purple",
+    "ar": "tab:blue",
+    "bound": "tab:gray",
+}
+AR_LABEL = "AR (KV cache)"
+BOUND_LABEL = "bound (true topic)"
+ERROR_BARS = 2  # bars span ± this many standard errors over seeds (the verdicts' K)
 PLOTS = {
     "pareto": "pareto.png",
     "selection": "confidence_vs_random.png",
@@ -54,6 +66,36 @@ def _valid(value: Any) -> bool:
     return value is not None and math.isfinite(float(value))
 
 
+def _err(row: dict[str, Any], key: str) -> float:
+    """Half the error bar of ``key`` in ``row``: :data:`ERROR_BARS` standard errors, 0
+    without one."""
+    se = row.get(f"{key}_se")
+    return ERROR_BARS * float(se) if _valid(se) else 0.0
+
+
+def _bars_note(rows: list[dict[str, Any]]) -> str:
+    """What the error bars are, for a figure's title ("" when no row has any)."""
+    seeds = {int(r.get("seeds") or 1) for r in rows} - {1}
+    if not seeds:
+        return ""
+    n = f"{min(seeds)}" if len(seeds) == 1 else f"{min(seeds)}-{max(seeds)}"
+    return f"; error bars: ±{ERROR_BARS} SE over {n} sampling seeds"
+
+
+def _errorbar(ax: Any, rows: list[dict[str, Any]], xkey: str, ykey: str, **style: Any) -> None:
+    """One line through the rows with a value of ``ykey``, sorted by ``xkey``, with error
+    bars where the rows have standard errors."""
+    rs = sorted(
+        (r for r in rows if _valid(r[ykey])), key=lambda r: (float(r[xkey]), float(r[ykey]))
+    )
+    if not rs:
+        return
+    x, y = [float(r[xkey]) for r in rs], [float(r[ykey]) for r in rs]
+    xerr, yerr = [_err(r, xkey) for r in rs], [_err(r, ykey) for r in rs]
+    ax.errorbar(x, y, xerr=xerr if any(xerr) else None, yerr=yerr if any(yerr) else None,
+                marker="o", capsize=2, elinewidth=0.8, **style)  # fmt: skip
+
+
 def _log_axis(ax: Any, which: str, base: int = 10) -> None:
     """A log scale with plain tick labels (1, 2, 4 / 0.5, 1, 2), no minor labels."""
     from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
@@ -70,12 +112,18 @@ def _selection_style(selection: str) -> str:
     return "--" if selection == "confidence" else "-"
 
 
+def _label(series: str, selection: str) -> str:
+    """A curve's legend entry: the series and its selection rule, if it has one."""
+    return f"{series}, {selection}" if selection else series
+
+
 def plot_pareto(
     rows: list[dict[str, Any]], *, floor: ReferenceFloor | None, temperature: float, path: Path
 ) -> Path | None:
     """MAUVE and GenPPL vs tokens per forward pass and vs seconds per sample at one
     temperature: one line per model (and per selection rule: dashed = confidence),
-    each point labelled with its Ndisc, plus the real-text lines."""
+    each point labelled with its Ndisc (AR: one unlabelled point), error bars where the
+    rows have standard errors, plus the real-text lines."""
     rows = _at_temperature(rows, temperature)
     if not rows:
         return None
@@ -91,17 +139,13 @@ def plot_pareto(
         for j, (ykey, ylabel) in enumerate(ys):
             ax = axes[j, i]
             for (series, selection), rs in groups.items():
-                pts = sorted(
-                    (float(r[xkey]), float(r[ykey]), int(r["ndisc"])) for r in rs if _valid(r[ykey])
-                )
-                if not pts:
-                    continue
-                x, y, nd = zip(*pts, strict=True)
-                ax.plot(x, y, marker="o", ls=_selection_style(selection),
-                        color=COLORS.get(series.split()[0]), label=f"{series}, {selection}")  # fmt: skip
-                for xi, yi, n in pts:
-                    ax.annotate(str(n), (xi, yi), textcoords="offset points", xytext=(3, 3),
-                                fontsize=6, color="0.35")  # fmt: skip
+                _errorbar(ax, rs, xkey, ykey, ls=_selection_style(selection),
+                          color=COLORS.get(rs[0]["model"]), label=_label(series, selection))  # fmt: skip
+                for r in rs:
+                    if _valid(r[ykey]) and int(r["ndisc"]):  # ar rows have no Ndisc
+                        ax.annotate(str(int(r["ndisc"])), (float(r[xkey]), float(r[ykey])),
+                                    textcoords="offset points", xytext=(3, 3), fontsize=6,
+                                    color="0.35")  # fmt: skip
             if ykey == "genppl":
                 if floor is not None:
                     ax.axhline(floor.genppl, color="k", ls=":", lw=1,
@@ -118,7 +162,7 @@ def plot_pareto(
                 ax.legend(fontsize=8)
     fig.suptitle(
         f"Speed-quality trade-off (temperature {temperature:g}; point labels: Ndisc; "
-        "dashed: confidence selection)"
+        f"dashed: confidence selection{_bars_note(rows)})"
     )
     fig.tight_layout()
     return _save(fig, path)
@@ -141,10 +185,8 @@ def _line_plot(
                ("entropy", "entropy (nats)"))  # fmt: skip
     for ax, (ykey, ylabel) in zip(axes, metrics, strict=True):
         for key, rs in groups.items():
-            pts = sorted((float(r[xkey]), float(r[ykey])) for r in rs if _valid(r[ykey]))
-            if pts:
-                label, color, ls = style(key)
-                ax.plot(*zip(*pts, strict=True), marker="o", ls=ls, color=color, label=label)
+            label, color, ls = style(key)
+            _errorbar(ax, rs, xkey, ykey, ls=ls, color=color, label=label)
         if floor is not None:
             ref = {"genppl": floor.genppl, "entropy": floor.entropy, "mauve": floor.mauve_real}[
                 ykey
@@ -160,15 +202,19 @@ def _line_plot(
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=8)
-    fig.suptitle(title)
+    fig.suptitle(title + _bars_note([r for rs in groups.values() for r in rs]))
     fig.tight_layout()
     return _save(fig, path)
 
 
 def _series_of(row: dict[str, Any]) -> str:
     """The curve a row belongs to in the figures (selection apart)."""
+    if row["model"] == "ar":
+        return AR_LABEL
     if row["model"] == "mdlm":
         return "mdlm"
+    if row["model"] == "bound":
+        return BOUND_LABEL
     distill = row["distill"] or ""
     parts = [row["model"], f"Ncont={int(row['ncont'])}"] + ([distill] if distill else [])
     return " ".join(parts)
@@ -178,21 +224,18 @@ def plot_selection(
     rows: list[dict[str, Any]], *, floor: ReferenceFloor | None, temperature: float, path: Path
 ) -> Path | None:
     """Confidence vs random token selection: MAUVE, GenPPL and entropy vs tokens per
-    forward pass, one line per (model, selection); dashed = confidence."""
-    rows = _at_temperature(rows, temperature)
+    forward pass, one line per (model, selection); dashed = confidence. Rows without a
+    selection rule (AR) are left out: drawn only when both rules were swept."""
+    rows = [r for r in _at_temperature(rows, temperature) if r["selection"]]
     groups: dict[tuple, list[dict[str, Any]]] = {}
     for r in rows:
-        groups.setdefault((_series_of(r), r["selection"]), []).append(r)
-    if len({k[1] for k in groups}) < 2:
+        groups.setdefault((r["model"], _series_of(r), r["selection"]), []).append(r)
+    if len({k[2] for k in groups}) < 2:
         return None
 
     def style(key: tuple) -> tuple[str, Any, str]:
-        series, selection = key
-        return (
-            f"{series}, {selection}",
-            COLORS.get(series.split()[0]),
-            _selection_style(selection),
-        )
+        model, series, selection = key
+        return _label(series, selection), COLORS.get(model), _selection_style(selection)
 
     return _line_plot(
         groups,
@@ -210,21 +253,19 @@ def plot_temperature(
     rows: list[dict[str, Any]], *, floor: ReferenceFloor | None, path: Path
 ) -> Path | None:
     """MAUVE, GenPPL and entropy vs decoder temperature, one line per (model,
-    selection, Ndisc) swept over at least two temperatures."""
+    selection, Ndisc) swept over at least two temperatures (AR: one line)."""
     groups: dict[tuple, list[dict[str, Any]]] = {}
     for r in rows:
-        groups.setdefault((_series_of(r), r["selection"], int(r["ndisc"])), []).append(r)
+        key = (r["model"], _series_of(r), r["selection"], int(r["ndisc"]))
+        groups.setdefault(key, []).append(r)
     groups = {k: v for k, v in groups.items() if len({float(r["temperature"]) for r in v}) > 1}
     if not groups:
         return None
 
     def style(key: tuple) -> tuple[str, Any, str]:
-        series, selection, ndisc = key
-        return (
-            f"{series}, {selection}, Ndisc={ndisc}",
-            COLORS.get(series.split()[0]),
-            _selection_style(selection),
-        )
+        model, series, selection, ndisc = key
+        label = series if model == "ar" else f"{_label(series, selection)}, Ndisc={ndisc}"
+        return label, COLORS.get(model), _selection_style(selection)
 
     return _line_plot(
         groups,
@@ -244,7 +285,7 @@ def plot_distill(
     per (model, distillation label, selection, Ndisc, T) with at least two Ncont."""
     groups: dict[tuple, list[dict[str, Any]]] = {}
     for r in rows:
-        if r["model"] == "mdlm":
+        if r["model"] in ("mdlm", "ar", "bound"):  # no latent steps
             continue
         key = (
             r["model"],
@@ -317,11 +358,11 @@ def plot_gap(rows: list[dict[str, Any]], *, floor: float, path: Path) -> Path:
         ax.errorbar(
             [r["tokens_per_forward"] for r in mine],
             [r["oracle_nll"] for r in mine],
-            yerr=[2 * r["oracle_nll_se"] for r in mine],
+            yerr=[ERROR_BARS * r["oracle_nll_se"] for r in mine],
             marker="o",
             capsize=3,
             color=COLORS.get(model, "black"),
-            label=f"{model} samples (±2 s.e. over seeds)",
+            label=f"{model} samples (±{ERROR_BARS} s.e. over seeds)",
         )
     ax.axhline(floor, color="grey", linestyle="--", label=f"entropy rate H = {floor:.3f}")
     _log_axis(ax, "x", base=2)

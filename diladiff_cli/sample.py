@@ -1,6 +1,6 @@
 """Generation with timing: one entry, :func:`generate`, for every model.
 
-Four modes, compared on equal footing (one batch loop, one timing record):
+Six modes, compared on equal footing (one batch loop, one timing record):
 
 * ``mdlm``: the base MDLM checkpoint (``train-mdlm``), or an autoencoder checkpoint,
   whose decoder then runs with the null latent (the same network LaDiff decodes with);
@@ -8,9 +8,17 @@ Four modes, compared on equal footing (one batch loop, one timing record):
   the autoencoder's latent-conditioned decoder;
 * ``diladiff``: z from the distilled MeanFlow student (``ncont``, ~5), then the decoder;
 * ``reconstruct``: z from the autoencoder's encoder on given texts or held-out blocks,
-  then the decoder (stage 1's reconstruction; the record holds the token accuracy).
+  then the decoder (stage 1's reconstruction; the record holds the token accuracy);
+* ``ar``: the autoregressive baseline, the GenPPL judge (``train-judge``) as a generator:
+  BOS, then one token per forward pass with its key-value cache (Hugging Face
+  ``generate``), a whole block like the MDLM's. Ndisc and selection do not apply: its
+  record holds null for them;
+* ``bound``: the perfect-latent bound on an oracle corpus, an autoencoder trained with
+  ``encoder.name: oracle-topic``: a topic drawn from the oracle's prior, its one-hot
+  through the compressor, then the decoder (the record lists the topics drawn).
 
-Every batch ``b`` decodes with a generator seeded :func:`batch_seed` ``(seed, b)``.
+Every batch ``b`` decodes with a generator seeded :func:`batch_seed` ``(seed, b)`` (``ar``:
+the device's global generator, seeded so for the batch and restored afterwards).
 
 Output of :func:`write_samples`, both files written atomically:
 
@@ -37,14 +45,17 @@ import torch
 
 from diladiff_cli.ae import LoadedAutoencoder, decode_latents, load_autoencoder
 from diladiff_cli.checkpoint import read_meta
-from diladiff_cli.config.stages import SampleConfig, Selection
+from diladiff_cli.config.stages import ORACLE_TOPIC, SampleConfig, Selection
 from diladiff_cli.config.train import Precision
+from diladiff_cli.data import special_ids
 from diladiff_cli.diffusion.masked import SampleOutput, sample_masked
 from diladiff_cli.distributed import Runtime, device_name, synchronize
 from diladiff_cli.encode import encode_texts
+from diladiff_cli.encoder import topic_states
 from diladiff_cli.errors import CheckpointError, DiladiffError
 from diladiff_cli.files import atomic_write_bytes, atomic_write_json, atomic_write_text
-from diladiff_cli.hub import load_tokenizer
+from diladiff_cli.hub import load_auto_model, load_tokenizer
+from diladiff_cli.judge import JUDGE_RECORD, read_judge_record
 from diladiff_cli.latent_shards import file_sha256
 from diladiff_cli.mdlm import load_mdlm
 from diladiff_cli.prior import LatentModel, check_autoencoder, load_latent_model, sample_latents
@@ -61,12 +72,16 @@ def batch_seed(seed: int, batch: int) -> int:
 
 @dataclass(frozen=True)
 class SampleSettings:
-    """How to sample (recorded with the samples)."""
+    """How to sample (recorded with the samples).
+
+    ``ndisc`` and ``selection`` are the masked sampler's; None where they do not apply
+    (the record of an ``ar`` run).
+    """
 
     num_samples: int
     batch_size: int
-    ndisc: int
-    selection: Selection = "random"
+    ndisc: int | None
+    selection: Selection | None = "random"
     temperature: float = 1.0
     top_p: float = 1.0
     seed: int = 0
@@ -74,7 +89,7 @@ class SampleSettings:
     def __post_init__(self) -> None:
         if self.num_samples < 1 or self.batch_size < 1:
             raise DiladiffError("--num-samples and --batch-size must be at least 1")
-        if self.ndisc < 1:
+        if self.ndisc is not None and self.ndisc < 1:
             raise DiladiffError(f"--ndisc must be at least 1, got {self.ndisc}")
         if self.temperature <= 0:
             raise DiladiffError(f"--temperature must be positive, got {self.temperature}")
@@ -140,7 +155,7 @@ class Sources:
     truncate: bool = False  # cut texts too long for the encoder or a block (else refuse)
 
 
-Model = Literal["mdlm", "ladiff", "diladiff", "reconstruct"]
+Model = Literal["mdlm", "ladiff", "diladiff", "reconstruct", "ar", "bound"]
 LatentDraw = Callable[[int, int], "tuple[torch.Tensor | None, float, float]"]
 """``draw(batch, size) -> (z (size, N, D) or None, seconds, forward passes)``."""
 Decode = Callable[[torch.Tensor | None, int, torch.Generator], SampleOutput]
@@ -160,6 +175,8 @@ class _Plan:
     info: dict[str, Any]
     seconds_latent: float = 0.0  # latent time spent before the loop (reconstruct's encoder)
     latent_passes: float | None = None  # fixed latent passes per batch (reconstruct: 1)
+    drawn: int | None = None  # tokens drawn per sample: seq_len, or fewer (ar: BOS is given)
+    not_applicable: tuple[str, ...] = ()  # settings the mode ignores: recorded as None
 
 
 @dataclass(frozen=True)
@@ -179,11 +196,16 @@ def resolve_request(
     reconstruct: bool = False,
     ae_checkpoint: str | None = None,
     explicit: frozenset[str] = frozenset(),
+    judge: str | None = None,
 ) -> SampleRequest:
     """Map the recipe's ``sample`` section to a model, its checkpoints and an output.
 
     * reconstruct: the autoencoder (``cfg.checkpoint`` when given, else
       ``ae_checkpoint``), written to ``reconstruct.jsonl`` beside ``cfg.out``;
+    * ``ar``: the judge directory (``cfg.checkpoint`` when given, else ``judge``), to
+      ``ar.jsonl`` beside ``cfg.out``;
+    * ``bound``: the bound autoencoder (an explicit ``checkpoint``: the recipe names
+      none), to ``bound.jsonl`` beside ``cfg.out``;
     * ``ladiff`` / ``diladiff``, or ``mdlm`` with an explicit autoencoder (its decoder
       with the null latent): ``<model>.jsonl`` beside ``cfg.out``;
     * ``mdlm``: ``cfg.checkpoint`` to ``cfg.out``.
@@ -195,6 +217,7 @@ def resolve_request(
         explicit: which of ``checkpoint``, ``out``, ``ncont``, ``autoencoder`` the user
             gave: an explicit output is kept as it is; an explicit ``ncont`` is checked
             (0 is an error), while the recipe's 0 means the checkpoint's default.
+        judge: the recipe's judge directory (its ``judge`` section's out).
     """
     out = Path(cfg.out)
     if reconstruct:
@@ -203,6 +226,20 @@ def resolve_request(
             raise DiladiffError("reconstruction needs an autoencoder (--checkpoint)")
         name = out if "out" in explicit else out.with_name("reconstruct.jsonl")
         return SampleRequest("reconstruct", str(checkpoint), None, None, str(name))
+    if cfg.model == "ar":
+        checkpoint = cfg.checkpoint if "checkpoint" in explicit else judge
+        if checkpoint is None:
+            raise DiladiffError("--model ar needs the judge directory (--checkpoint)")
+        name = out if "out" in explicit else out.with_name("ar.jsonl")
+        return SampleRequest("ar", str(checkpoint), None, None, str(name))
+    if cfg.model == "bound":
+        if "checkpoint" not in explicit:
+            raise DiladiffError(
+                f"--model bound needs the bound autoencoder (--checkpoint; train-ae --set "
+                f"ae.encoder.name={ORACLE_TOPIC})"
+            )
+        name = out if "out" in explicit else out.with_name("bound.jsonl")
+        return SampleRequest("bound", cfg.checkpoint, None, None, str(name))
     if cfg.model == "mdlm" and "autoencoder" not in explicit:
         return SampleRequest("mdlm", cfg.checkpoint, None, None, cfg.out)
     name = out if "out" in explicit else out.with_name(f"{cfg.model}.jsonl")
@@ -239,15 +276,18 @@ def generate(
     latent_cache: str | Path | None = None,
     sources: Sources | None = None,
 ) -> SampleResult:
-    """Draw samples from any of the four models and time them.
+    """Draw samples from any of the six models and time them.
 
     Args:
-        model: ``mdlm``, ``ladiff``, ``diladiff`` or ``reconstruct``.
+        model: ``mdlm``, ``ladiff``, ``diladiff``, ``reconstruct``, ``ar`` or ``bound``.
         checkpoint: ``mdlm``: a ``train-mdlm`` checkpoint, or a ``train-ae`` one (its
             decoder with the null latent); ``ladiff`` / ``diladiff``: the prior / the
-            distilled student; ``reconstruct``: the autoencoder.
+            distilled student; ``reconstruct``: the autoencoder; ``ar``: a
+            ``train-judge`` directory; ``bound``: an autoencoder trained with
+            ``encoder.name: oracle-topic``.
         settings: the discrete sampler's settings (``num_samples`` is ignored by
-            ``reconstruct``: one sample per source).
+            ``reconstruct``: one sample per source; ``ar`` ignores ``ndisc`` and
+            ``selection``, which every other model needs).
         runtime: device.
         autoencoder: ``ladiff`` / ``diladiff``: the autoencoder whose decoder turns z
             into tokens (the latent model must have been trained on its latents).
@@ -264,10 +304,18 @@ def generate(
 
     Raises:
         DiladiffError: a latent model of another kind or trained on another
-            autoencoder's latents, ncont < 1, sources missing or too long.
+            autoencoder's latents, ncont < 1, sources missing or too long, no ndisc or
+            selection (all but ``ar``), an ``ar`` checkpoint that is no judge directory,
+            a ``bound`` checkpoint that is not the bound.
     """
-    if model == "reconstruct":
+    if model == "ar":
+        plan = _ar_plan(checkpoint, settings, runtime, precision)
+    elif settings.ndisc is None or settings.selection is None:
+        raise DiladiffError(f"--model {model} needs --ndisc and --selection")
+    elif model == "reconstruct":
         plan = _reconstruct_plan(checkpoint, settings, runtime, precision, sources or Sources())
+    elif model == "bound":
+        plan = _bound_plan(checkpoint, settings, runtime, precision)
     elif model == "mdlm" and _stage(checkpoint) != "ae":
         plan = _mdlm_plan(checkpoint, settings, runtime, precision)
     elif model == "mdlm":
@@ -327,7 +375,7 @@ def _run(
             if plan.latent_passes is not None
             else sum(latent_passes) / len(latent_passes)
         ),
-        tokens_per_forward=plan.seq_len / mean_passes,
+        tokens_per_forward=(plan.drawn or plan.seq_len) / mean_passes,
         seconds_per_sample=total / plan.num,
         latent_share=seconds_latent / total if total > 0 else 0.0,
         device=device_name(device),
@@ -338,7 +386,7 @@ def _run(
         info["token_accuracy"] = sum(accuracy) / plan.num
         info["per_sample_accuracy"] = accuracy
         info["sources"] = info.pop("sources")  # the record's key order: sources last
-    used = dataclasses.replace(settings, num_samples=plan.num)
+    used = dataclasses.replace(settings, num_samples=plan.num, **dict.fromkeys(plan.not_applicable))
     return SampleResult(texts=texts, tokens=all_tokens, timing=timing, settings=used, info=info)
 
 
@@ -564,6 +612,147 @@ def _reconstruct_plan(
         seconds_latent=seconds_latent,
         latent_passes=1.0,  # one encoder + compressor pass per source
     )
+
+
+def _bound_plan(
+    checkpoint: str | Path, settings: SampleSettings, runtime: Runtime, precision: Precision
+) -> _Plan:
+    """The perfect-latent bound: batch b draws each sample's topic from the oracle's prior
+    (a generator seeded :func:`batch_seed` ``(seed, b)``), runs the compressor on its
+    one-hot (the latent stage: one compressor pass) and decodes as ``ladiff`` does."""
+    if _stage(checkpoint) != "ae":
+        raise DiladiffError(
+            f"--model bound samples from a bound autoencoder: {checkpoint} is not one"
+        )
+    device = runtime.device
+    loaded = load_autoencoder(checkpoint, device=device)
+    bound = loaded.extra.get("bound")
+    if not loaded.is_bound or bound is None:
+        raise DiladiffError(
+            f"--model bound samples from an autoencoder trained with encoder.name "
+            f"{ORACLE_TOPIC}: {checkpoint} was trained on '{loaded.config.encoder.name}'"
+        )
+    prior = torch.tensor(bound["prior"], dtype=torch.float64)  # (K,)
+    drawn: list[int] = []  # the record's topics, batch after batch
+
+    def draw(batch: int, size: int) -> tuple[torch.Tensor, float, float]:
+        gen = torch.Generator().manual_seed(batch_seed(settings.seed, batch))
+        topics = torch.multinomial(prior, size, replacement=True, generator=gen)  # (size,)
+        drawn.extend(topics.tolist())
+        states, mask = topic_states(topics, num_topics=len(prior))  # (size, 1, K), (size, 1)
+        synchronize(device)
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            z = loaded.model.encode(states.to(device), mask.to(device)).float()  # (size, N, D)
+        synchronize(device)
+        return z, time.perf_counter() - t0, 1.0
+
+    info = {
+        "model": "bound",
+        "ncont": 0,
+        "conditioning": bound.get("conditioning", ORACLE_TOPIC),
+        "oracle_fingerprint": bound.get("oracle_fingerprint"),
+        **_decoder_record(checkpoint, loaded, precision),
+        "topics": drawn,  # filled by draw() as the batch loop runs
+    }
+    return _Plan(
+        description="sample bound",
+        num=settings.num_samples,
+        seq_len=loaded.seq_len,
+        tokenizer=loaded.decoder_tokenizer,
+        decode=_ae_decode(loaded, settings, precision),
+        draw=draw,
+        info=info,
+    )
+
+
+def _ar_plan(
+    checkpoint: str | Path, settings: SampleSettings, runtime: Runtime, precision: Precision
+) -> _Plan:
+    """A ``train-judge`` directory as the autoregressive baseline: BOS, then
+    ``seq_len - 1`` tokens drawn one per forward pass with the key-value cache.
+
+    Nothing stops a sample at EOS and nothing forbids it: EOS is drawn like any token,
+    as in the data's blocks (where it separates documents) and in the MDLM's samples,
+    so every sample is a whole block and eval's EOS policy applies to it unchanged. The
+    mask token is never drawn (as in the masked sampler).
+    """
+    record = read_judge_record(str(checkpoint))
+    if record is None or "valid_tokens_per_block" not in record:
+        raise DiladiffError(
+            f"--model ar samples from a `train-judge` directory (a Hugging Face causal LM "
+            f"with {JUDGE_RECORD}): {checkpoint} is not one"
+        )
+    from transformers import AutoModelForCausalLM, GenerationConfig
+
+    device = runtime.device
+    seq_len = int(record["valid_tokens_per_block"]) + 1  # the data's blocks, BOS included
+    tokenizer = load_tokenizer(str(checkpoint))  # the data's, copied in by train-judge
+    vocab_size, mask_id, bos_id, _ = special_ids(tokenizer)
+    model = load_auto_model(str(checkpoint), AutoModelForCausalLM).to(device).eval()
+    # Blocks are never padded, and GPT-2's pad is its BOS: it would warn on every prompt.
+    model.config.pad_token_id = None
+    config = GenerationConfig(
+        do_sample=True,
+        temperature=settings.temperature,
+        top_p=settings.top_p,
+        top_k=0,  # off: transformers' default would keep only the 50 likeliest tokens
+        max_new_tokens=seq_len - 1,
+        eos_token_id=None,  # no stop at EOS: every sample is seq_len tokens long
+        suppress_tokens=[mask_id],
+        use_cache=True,
+    )
+    model.generation_config = config  # none of the checkpoint's defaults (its EOS) merge in
+    calls = [0]
+    model.register_forward_pre_hook(lambda *_: calls.__setitem__(0, calls[0] + 1))
+
+    def decode(z: None, size: int, generator: torch.Generator) -> SampleOutput:
+        prompt = torch.full((size, 1), bos_id, dtype=torch.long, device=device)  # (B, 1)
+        before = calls[0]
+        # generate has no generator argument: it draws from the device's global one, seeded
+        # here with the batch's seed and restored after, so the caller's stream is untouched.
+        rng = _global_generator(device)
+        state = rng.get_state()
+        try:
+            rng.manual_seed(generator.initial_seed())
+            with autocast(device, precision):
+                tokens = model.generate(
+                    prompt, attention_mask=torch.ones_like(prompt), generation_config=config
+                )  # (B, seq_len)
+        finally:
+            rng.set_state(state)
+        return SampleOutput(tokens=tokens, forward_passes=calls[0] - before, steps=seq_len - 1)
+
+    info = {
+        "model": "ar",
+        "ncont": 0,
+        "checkpoint": str(Path(checkpoint).resolve()),
+        "checkpoint_step": record.get("step"),
+        "seq_len": seq_len,
+        "tokenizer": str(Path(checkpoint).resolve()),
+        "vocab_size": vocab_size,
+        "data_fingerprint": record.get("data_fingerprint"),
+        "precision": precision,
+    }
+    return _Plan(
+        description="sample ar",
+        num=settings.num_samples,
+        seq_len=seq_len,
+        tokenizer=tokenizer,
+        decode=decode,
+        draw=_no_latent,
+        info=info,
+        drawn=seq_len - 1,
+        not_applicable=("ndisc", "selection"),
+    )
+
+
+def _global_generator(device: torch.device) -> torch.Generator:
+    """The global generator that draws random numbers on ``device``."""
+    if device.type == "cuda":
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        return torch.cuda.default_generators[index]
+    return torch.random.default_generator
 
 
 def _latent_cache_file(directory: str | Path, sha: str, ncont: int, seed: int, size: int) -> Path:

@@ -4,10 +4,12 @@ Reads, under the results directory: ``timings.json`` (stage wall times), one dir
 experiment (``exp1_latent_analysis/analysis.json``; ``expN_*/pareto.csv``, ``floor.json``
 and figures for the sweeps 2..6) and ``prior_quality.json``. Writes the stage wall-time
 table with its budget, the headline (experiment 5: DiLaDiff's and LaDiff's speed-up over
-MDLM in seconds per sample at equal MAUVE and at equal GenPPL, and the latent's share of
-the wall time), the judge and the real-text floor, then one section per experiment: the
-paper's claim, the numbers, and a verdict computed from them by the rule it states. An
-input that is missing (its stage did not run) makes its section say "not run".
+MDLM in seconds per sample at equal quality, and the latent's share of the wall time), the
+judge and the real-text floor, then one section per experiment: the paper's claim, the
+numbers, and a verdict computed from them by the rule it states
+(:mod:`diladiff_cli.analysis.verdicts`: means over sampling seeds and their standard
+errors; on an oracle corpus the exact NLL is the quality). An input that is missing (its
+stage did not run) makes its section say "not run".
 
 Usage: python scripts/report.py [--scale tiny|paper] [--results DIR] [--out FILE]
 """
@@ -15,23 +17,48 @@ Usage: python scripts/report.py [--scale tiny|paper] [--results DIR] [--out FILE
 from __future__ import annotations
 
 import argparse
-import csv
 import datetime
 import json
-import math
 import sys
-from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from diladiff_cli.analysis.experiments import (
+    CPU_SCALES,
     EXPERIMENTS,
     SCALES,
     base_recipe,
     experiment_recipe,
     git_commit,
+)
+from diladiff_cli.analysis.verdicts import (
+    ONE_SEED,
+    ORACLE_NLL,
+    Estimate,
+    K,
+    Measure,
+    SpeedUpInterval,
+    Verdict,
+    any_of,
+    by,
+    difference,
+    dominates,
+    equivalent,
+    frontier_points,
+    gap_closed,
+    is_oracle,
+    match,
+    mean_of,
+    monotone,
+    not_worse,
+    quality_measure,
+    read_rows,
+    speedup_interval,
+    usual,
+    valid,
+    verdict,
 )
 from diladiff_cli.config import load_recipe
 from diladiff_cli.files import atomic_write_text
@@ -64,65 +91,27 @@ CLAIMS = {
     6: "MeanFlow and Terminal Velocity Matching give nearly identical curves as Ncont sweeps, "
     "and both clearly beat the teacher's ODE at small Ncont.",
 }
-TINY_BUDGET_S = 20 * 60  # the tiny scale's wall-time budget, on 2 CPU cores
+CPU_BUDGET_S = 20 * 60  # the CPU scales' wall-time budget (oracle, tiny), on 2 cores
 LATENT_SHARE_MAX = 0.10  # "negligible" latent time (the paper reports ~5 %)
-CURVE_TOL = 0.01  # BERTScore rise between noise levels still counted as monotone
-POOL_MARGIN = 0.05  # intra-pool minus inter-pool BERTScore that counts as "sharply"
 SMALL_NCONT = 5  # "small Ncont" in experiment 6
-INTS = ("ncont", "ndisc", "num_samples")
-STRINGS = ("model", "selection", "distill", "device", "cell")
+GENPPL = Measure("genppl", "GenPPL", "lower", 0.0, "")  # exp. 2 compares it as well as MAUVE
+ENTROPY = Measure("entropy", "entropy", "higher", 0.0, "")
+TOPIC_KL = Measure("oracle_topic_kl", "topic KL", "lower", 0.0, "")  # collapse onto few topics
+ORACLE_COLUMNS = (
+    ("oracle_nll", "NLL / token"),
+    ("oracle_bad_transitions", "bad transitions / text"),
+    ("oracle_purity", "topic purity"),
+    ("oracle_topic_kl", "topic KL"),
+    ("seconds_per_sample", "s/sample"),
+)
+NOISE_RULE = f"a difference is real beyond {K:g} SE of the difference"
 
 
 # ----------------------------------------------------------------------------- inputs
 
 
-def read_rows(path: Path) -> list[dict[str, Any]] | None:
-    """A ``pareto.csv`` with typed values (empty cells are None); None when absent."""
-    if not path.is_file():
-        return None
-    rows = []
-    with path.open(newline="") as f:
-        for raw in csv.DictReader(f):
-            row: dict[str, Any] = {}
-            for key, value in raw.items():
-                if key in STRINGS:
-                    row[key] = value or ""
-                elif value in ("", None):
-                    row[key] = None
-                else:
-                    row[key] = int(float(value)) if key in INTS else float(value)
-            rows.append(row)
-    return rows
-
-
 def read_json(path: Path) -> dict[str, Any] | None:
     return json.loads(path.read_text()) if path.is_file() else None
-
-
-def match(rows: list[dict[str, Any]], **want: Any) -> list[dict[str, Any]]:
-    """The rows whose columns equal ``want`` (floats compared with a tolerance)."""
-
-    def same(a: Any, b: Any) -> bool:
-        if isinstance(b, float) and a is not None:
-            return math.isclose(float(a), b)
-        return a == b
-
-    return [r for r in rows if all(same(r.get(k), v) for k, v in want.items())]
-
-
-def by(rows: list[dict[str, Any]], key: str, **want: Any) -> dict[Any, dict[str, Any]]:
-    return {r[key]: r for r in match(rows, **want)}
-
-
-def usual(rows: list[dict[str, Any]], key: str) -> Any:
-    """The most frequent value of a column (the Ndisc a sweep at fixed Ndisc ran at), or
-    None without rows."""
-    common = Counter(r[key] for r in rows).most_common(1)
-    return common[0][0] if common else None
-
-
-def valid(value: Any) -> bool:
-    return value is not None and math.isfinite(float(value))
 
 
 # ----------------------------------------------------------------------------- formatting
@@ -144,6 +133,17 @@ def pair(row: dict[str, Any] | None) -> str:
     return "-" if row is None else f"{fmt(row['mauve'])} / {fmt(row['genppl'])}"
 
 
+def with_se(row: dict[str, Any], column: str) -> str:
+    """A cell's mean ± its standard error over seeds ("-" without a mean)."""
+    e = Estimate.of(row, column)
+    return "-" if e is None else fmt(e.mean, 4) + ("" if e.se is None else f" ± {fmt(e.se, 2)}")
+
+
+def signed(e: Estimate) -> str:
+    """A change with its sign, ± its standard error when it has one."""
+    return f"{e.mean:+.3g}" + ("" if e.se is None else f" ± {e.se:.2g}")
+
+
 def table(header: str, rows: list[list[str]]) -> list[str]:
     """A Markdown table; ``header`` is the header row, ``"a | b | c"``."""
     width = len(header.split(" | "))
@@ -156,62 +156,62 @@ def link(results: Path, path: Path) -> str:
     return f"[{rel}]({rel})"
 
 
-# ----------------------------------------------------------------------------- verdicts
-
-
-@dataclass(frozen=True)
-class Verdict:
-    """One claim checked against the numbers.
-
-    Attributes:
-        outcome: ``supported``, ``not supported`` or ``inconclusive``.
-        rule: the rule, stated before the numbers.
-        measured: the numbers the rule was applied to.
-    """
-
-    outcome: str
-    rule: str
-    measured: str
-
-
 def verdict_line(parts: list[tuple[str, Verdict]]) -> str:
     """The one verdict line of an experiment: the common outcome of its parts, or "mixed"."""
     outcomes = {v.outcome for _, v in parts}
     overall = outcomes.pop() if len(outcomes) == 1 else "mixed"
+    if overall == "inconclusive" and any(v.one_seed for _, v in parts):
+        overall = f"inconclusive ({ONE_SEED})"
     text = " ".join(
-        (f"{name.capitalize()}: *{v.outcome}*. " if len(parts) > 1 else "")
+        (f"{name[:1].upper() + name[1:]}: *{v.label}*. " if len(parts) > 1 else "")
         + f"Rule: {v.rule}. Measured: {v.measured}."
         for name, v in parts
     )
     return f"**Verdict: {overall}.** {text}"
 
 
-@dataclass(frozen=True)
-class Noise:
-    """The MAUVE noise of the sweep: 1 - MAUVE of real text against other real text
-    (a perfect sampler's shortfall at this sample size)."""
-
-    eps: float
-    text: str
-
-
-def mauve_noise(floor: dict[str, Any] | None) -> Noise:
-    real = (floor or {}).get("mauve_real")
-    if not valid(real):
-        return Noise(0.0, "ε = 0 (no real-vs-real MAUVE in floor.json)")
-    eps = max(0.0, 1.0 - float(real))
-    return Noise(eps, f"ε = 1 - MAUVE(real, real) = {eps:.3f}")
+def interval_text(s: SpeedUpInterval, what: str) -> str:
+    """A :class:`~diladiff_cli.analysis.verdicts.SpeedUpInterval`, in words."""
+    if s.factor is None:
+        return f"at equal {what}: no shared quality range ({s.note})"
+    bounds = (
+        f"no interval ({ONE_SEED})"
+        if s.one_seed
+        else f"{fmt(s.low)}-{fmt(s.high)}x with the qualities shifted by ±{K:g} SE"
+    )
+    return (
+        f"at equal {what} **{s.factor:.2f}x** ({min(s.ratios):.2f}-{max(s.ratios):.2f}x over "
+        f"{what} {fmt(min(s.levels), 4)}-{fmt(max(s.levels), 4)}; {bounds})"
+    )
 
 
-def not_worse(diffs: dict[Any, float], eps: float, label: str) -> tuple[str, str]:
-    """Classify differences d = candidate - reference: ("worse", "tie" or "better") and the
-    measured text. Worse: some d < -eps; better: none worse and some d > eps."""
-    text = ", ".join(f"{label} {k}: {d:+.3f}" for k, d in diffs.items())
-    if any(d < -eps for d in diffs.values()):
-        return "worse", text
-    if any(d > eps for d in diffs.values()):
-        return "better", text
-    return "tie", text
+def speedup_text(s: Any) -> str:
+    """One :class:`~diladiff_cli.frontier.SpeedUp`, in words."""
+    what = "MAUVE" if s.quality == "mauve" else "GenPPL"
+    if s.factor is None:
+        return f"at equal {what}: no shared quality range ({s.note})"
+    lo, hi = s.quality_range
+    return (
+        f"at equal {what} **{s.factor:.2f}x** ({s.factor_min:.2f}-{s.factor_max:.2f}x "
+        f"over {what} {fmt(lo)}-{fmt(hi)})"
+    )
+
+
+def speedups(rows: list[dict[str, Any]], model: str, temperature: float) -> list[str]:
+    """``model``'s speed-ups over MDLM in seconds per sample, in words: at equal oracle
+    NLL with its interval (oracle corpora), then at equal MAUVE and GenPPL."""
+    texts = []
+    if is_oracle(rows):
+        at_t = match(rows, temperature=temperature)
+        s = speedup_interval(
+            frontier_points(at_t, model="mdlm", column=ORACLE_NLL.column),
+            frontier_points(at_t, model=model, column=ORACLE_NLL.column),
+            better=ORACLE_NLL.better,
+        )
+        texts.append(interval_text(s, ORACLE_NLL.name))
+    found = headline(rows, baseline="mdlm", temperature=temperature)
+    texts += [speedup_text(s) for s in found if s.model == model and s.cost == "seconds_per_sample"]
+    return texts
 
 
 # ----------------------------------------------------------------------------- context
@@ -230,11 +230,36 @@ def _floor(directory: Path) -> dict[str, Any] | None:
     return saved.get("floor") if saved else None
 
 
+def _quality(rows: list[dict[str, Any]], directory: Path) -> Measure:
+    return quality_measure(rows, mauve_real=(_floor(directory) or {}).get("mauve_real"))
+
+
 def _links(ctx: Context, directory: Path) -> list[str]:
     """A line linking the sweep's table and figures, and a blank line (none: nothing)."""
     files = [directory / "pareto.md"] + [directory / name for name in PLOTS.values()]
     found = [link(ctx.results, f) for f in files if f.is_file()]
     return ["Files: " + ", ".join(found) + ".", ""] if found else []
+
+
+def _oracle_table(rows: list[dict[str, Any]]) -> list[str]:
+    """The exact measures of a sweep's cells, mean ± s.e. over seeds, and a blank line
+    (not an oracle corpus: nothing)."""
+    if not is_oracle(rows):
+        return []
+    floor = next((r["oracle_nll_floor"] for r in rows if valid(r.get("oracle_nll_floor"))), None)
+    lines = [
+        "Exact measures (oracle corpus; mean ± s.e. over sampling seeds; the NLL of held-out "
+        f"documents, the floor: {fmt(floor, 4)} nats/token):",
+        "",
+    ]
+    lines += table(
+        "cell | seeds | " + " | ".join(name for _, name in ORACLE_COLUMNS),
+        [
+            [r["cell"], str(r.get("seeds") or 1), *(with_se(r, c) for c, _ in ORACLE_COLUMNS)]
+            for r in rows
+        ],
+    )
+    return lines + [""]
 
 
 # ----------------------------------------------------------------------------- experiments
@@ -285,29 +310,19 @@ def exp1(ctx: Context, directory: Path) -> list[str] | None:
         f"{fmt(a['ground_truth_vs_other_block'])}.",
         "",
     ]
-
-    def falls(key: str) -> bool:
-        v = [c[key] for c in curve]
-        steps_ok = all(later - v[i] <= CURVE_TOL for i, later in enumerate(v[1:]))
-        return steps_ok and v[-1] < v[0] - CURVE_TOL
-
-    monotone = falls("vs_t0_decode") and falls("vs_ground_truth")
-    gap = a["intra_pool"] - a["inter_pool"]
-    curve_v = Verdict(
-        "supported" if monotone else "not supported",
-        f"both curves fall from t = 0 to t = 1 and never rise by more than {CURVE_TOL} "
-        "between noise levels",
-        f"vs t = 0 {fmt(curve[0]['vs_t0_decode'])} -> {fmt(curve[-1]['vs_t0_decode'])}, vs "
-        f"ground truth {fmt(curve[0]['vs_ground_truth'])} -> "
-        f"{fmt(curve[-1]['vs_ground_truth'])}",
+    # a point's standard error, when the analysis records one, is in "<key>_se"
+    curve_v = verdict(
+        f"both curves fall from t = 0 to t = 1 and no step between noise levels rises; "
+        f"{NOISE_RULE}",
+        [
+            (name, monotone([Estimate.of(c, key) for c in curve], claim="falls"))
+            for key, name in (("vs_t0_decode", "vs t = 0"), ("vs_ground_truth", "vs ground truth"))
+        ],
     )
-    pool_outcome = (
-        "supported" if gap >= POOL_MARGIN else "not supported" if gap <= 0 else "inconclusive"
-    )
-    pool_v = Verdict(
-        pool_outcome,
-        f"intra-pool exceeds inter-pool by >= {POOL_MARGIN} (by <= 0: not supported)",
-        f"intra - inter = {gap:+.3f}",
+    intra, inter = Estimate.of(a, "intra_pool"), Estimate.of(a, "inter_pool")
+    pool_v = verdict(
+        f"intra-pool BERTScore higher than inter-pool; {NOISE_RULE}",
+        [("intra - inter", difference(intra, inter, claim="higher"))],
     )
     analysis_md = directory / "analysis.md"
     if analysis_md.is_file():
@@ -319,7 +334,7 @@ def exp2(ctx: Context, directory: Path) -> list[str] | None:
     rows = read_rows(directory / "pareto.csv")
     if not rows:
         return None
-    noise = mauve_noise(_floor(directory))
+    quality = _quality(rows, directory)
     at = dict(selection="random", temperature=ctx.temperature)
     mdlm, ladiff = by(rows, "ndisc", model="mdlm", **at), by(rows, "ndisc", model="ladiff", **at)
     ndiscs = sorted(set(mdlm) | set(ladiff))
@@ -338,55 +353,50 @@ def exp2(ctx: Context, directory: Path) -> list[str] | None:
             for n in ndiscs
         ],
     )
-    speed = [
-        s
-        for s in headline(rows, baseline="mdlm", temperature=ctx.temperature)
-        if s.model == "ladiff" and s.cost == "seconds_per_sample"
-    ]
     lines += [
         "",
         "Speed-up of LaDiff over MDLM in seconds per sample: "
-        + ("; ".join(speedup_text(s) for s in speed) or "no LaDiff cells")
+        + ("; ".join(speedups(rows, "ladiff", ctx.temperature)) or "no LaDiff cells")
         + ".",
         "",
     ]
-    lines += _links(ctx, directory)
-    shared = [n for n in ndiscs if n in mdlm and n in ladiff]
-    diffs = {
-        n: ladiff[n]["mauve"] - mdlm[n]["mauve"]
-        for n in shared
-        if valid(ladiff[n]["mauve"]) and valid(mdlm[n]["mauve"])
-    }
-    rule = (
-        f"at every Ndisc LaDiff's MAUVE >= MDLM's - ε, above MDLM's + ε at one or more, "
-        f"and its GenPPL <= MDLM's; all MAUVE gaps within ε: inconclusive; {noise.text}"
-    )
-    if not diffs:
-        return lines + [verdict_line([("", Verdict("inconclusive", rule, "no MAUVE pairs"))])]
-    kind, measured = not_worse(diffs, noise.eps, "Ndisc")
-    ppl_worse = [
-        n
-        for n in shared
-        if valid(ladiff[n]["genppl"])
-        and valid(mdlm[n]["genppl"])
-        and ladiff[n]["genppl"] > mdlm[n]["genppl"]
+    lines += _oracle_table(match(rows, **at)) + _links(ctx, directory)
+
+    measures = [quality] if quality == ORACLE_NLL else [quality, GENPPL]
+    parts = [
+        (f"{m.name} at Ndisc {n}", difference(la, md, claim=m.better))
+        for n in ndiscs
+        for m in measures
+        if (la := Estimate.of(ladiff.get(n), m.column)) is not None
+        and (md := Estimate.of(mdlm.get(n), m.column)) is not None
     ]
-    if kind == "worse":
-        outcome = "not supported"
-    elif kind == "tie":
-        outcome = "inconclusive"
-    else:
-        outcome = "not supported" if ppl_worse else "supported"
-    if ppl_worse:
-        measured += f"; LaDiff's GenPPL higher at Ndisc {', '.join(map(str, ppl_worse))}"
-    return lines + [verdict_line([("", Verdict(outcome, rule, measured))])]
+    names = " and ".join(f"{m.name} ({m.better} is better)" for m in measures)
+    throughput = verdict(
+        f"at equal Ndisc LaDiff's {names} better than MDLM's at one Ndisc or more and "
+        f"worse at none; {NOISE_RULE} (LaDiff - MDLM below)",
+        parts,
+        combine=dominates,
+    )
+    s = speedup_interval(
+        frontier_points(match(rows, **at), model="mdlm", column=quality.column),
+        frontier_points(match(rows, **at), model="ladiff", column=quality.column),
+        better=quality.better,
+    )
+    speed = Verdict(
+        s.outcome,
+        f"LaDiff's seconds per sample below MDLM's at equal {quality.name}: the speed-up's "
+        f"interval (qualities shifted by ±{K:g} SE) above 1x; below 1x: not supported",
+        s.measured,
+        one_seed=s.one_seed,
+    )
+    return lines + [verdict_line([("equal throughput", throughput), ("equal quality", speed)])]
 
 
 def exp3(ctx: Context, directory: Path) -> list[str] | None:
     rows = read_rows(directory / "pareto.csv")
     if not rows:
         return None
-    noise = mauve_noise(_floor(directory))
+    quality = _quality(rows, directory)
     rows = match(rows, selection="random")
     ndisc = usual(rows, "ndisc")
     mdlm = by(rows, "temperature", model="mdlm", ndisc=ndisc)
@@ -402,45 +412,45 @@ def exp3(ctx: Context, directory: Path) -> list[str] | None:
         "| LaDiff GenPPL",
         [[f"{t:g}", *cols(mdlm.get(t)), *cols(ladiff.get(t))] for t in temps],
     )
-    lines += ["", *_links(ctx, directory)]
-    rule = (
-        "from T = 1 to the lowest T, LaDiff loses less MAUVE than MDLM by more than ε and "
-        "less entropy; more MAUVE by more than ε, or as much MAUVE (within ε) and at least "
-        f"as much entropy: not supported; otherwise inconclusive; {noise.text}"
-    )
+    lines += ["", *_oracle_table(match(rows, ndisc=ndisc)), *_links(ctx, directory)]
+    # the collapse shows in MAUVE, or on an oracle corpus in the topics the samples cover
+    diversity = TOPIC_KL if quality == ORACLE_NLL else quality
     both = [t for t in temps if t in mdlm and t in ladiff]
-    if len(both) < 2 or not all(
-        valid(d[t][k])
-        for d in (mdlm, ladiff)
-        for t in (both[0], both[-1])
-        for k in ("mauve", "entropy")
-    ):
+    parts = []
+    for m in (diversity, ENTROPY):
+        if len(both) < 2:
+            break
+        lo, hi = both[0], both[-1]
+        change = {}  # lowest T minus T = 1, per model
+        for name, cells in (("MDLM", mdlm), ("LaDiff", ladiff)):
+            top, low = Estimate.of(cells[hi], m.column), Estimate.of(cells[lo], m.column)
+            if top is not None and low is not None:
+                change[name] = low - top
+        if len(change) < 2:
+            continue
+        part = verdict(
+            f"from T = {hi:g} to T = {lo:g} LaDiff's {m.name} ({m.better} is better) moves "
+            f"less the worse way than MDLM's: its change {m.better} than MDLM's; {NOISE_RULE}",
+            [
+                (
+                    f"change MDLM {signed(change['MDLM'])}, LaDiff {signed(change['LaDiff'])}; "
+                    "LaDiff - MDLM",
+                    difference(change["LaDiff"], change["MDLM"], claim=m.better),
+                )
+            ],
+        )
+        parts.append((m.name, part))
+    if not parts:
+        rule = f"LaDiff's {diversity.name} and entropy move less than MDLM's"
         return lines + [verdict_line([("", Verdict("inconclusive", rule, "too few cells"))])]
-    lo, hi = both[0], both[-1]
-
-    def drop(d: dict, key: str) -> float:
-        return d[hi][key] - d[lo][key]
-
-    dm, dl = drop(mdlm, "mauve"), drop(ladiff, "mauve")
-    em, el = drop(mdlm, "entropy"), drop(ladiff, "entropy")
-    measured = (
-        f"T {hi:g} -> {lo:g}: MAUVE drop MDLM {dm:+.3f}, LaDiff {dl:+.3f}; entropy "
-        f"drop MDLM {em:+.3f}, LaDiff {el:+.3f}"
-    )
-    if dl < dm - noise.eps and el < em:
-        outcome = "supported"
-    elif dl > dm + noise.eps or (abs(dl - dm) <= noise.eps and el >= em):
-        outcome = "not supported"
-    else:
-        outcome = "inconclusive"
-    return lines + [verdict_line([("", Verdict(outcome, rule, measured))])]
+    return lines + [verdict_line(parts)]
 
 
 def exp4(ctx: Context, directory: Path) -> list[str] | None:
     rows = read_rows(directory / "pareto.csv")
     if not rows:
         return None
-    noise = mauve_noise(_floor(directory))
+    quality = _quality(rows, directory)
     t = ctx.temperature
     cell = {
         (m, s): by(rows, "ndisc", model=m, selection=s, temperature=t)
@@ -453,63 +463,56 @@ def exp4(ctx: Context, directory: Path) -> list[str] | None:
         "Ndisc | MDLM random | MDLM confidence | LaDiff random | LaDiff confidence",
         [[str(n)] + [pair(cell[k].get(n)) for k in cell] for n in ndiscs],
     )
-    lines += ["", *_links(ctx, directory)]
+    lines += ["", *_oracle_table(match(rows, temperature=t)), *_links(ctx, directory)]
 
-    def gaps(model: str) -> dict[int, float]:
+    def pairs(model: str) -> list[tuple[int, Estimate, Estimate]]:
+        """(Ndisc, confidence, random) estimates of ``model``."""
         ran, con = cell[(model, "random")], cell[(model, "confidence")]
-        return {
-            n: con[n]["mauve"] - ran[n]["mauve"]
-            for n in ndiscs
-            if n in ran and n in con and valid(ran[n]["mauve"]) and valid(con[n]["mauve"])
-        }
+        out = []
+        for n in ndiscs:
+            c, r = Estimate.of(con.get(n), quality.column), Estimate.of(ran.get(n), quality.column)
+            if c is not None and r is not None:
+                out.append((n, c, r))
+        return out
 
-    rule = (
-        "LaDiff's MAUVE with confidence >= with random - ε at every Ndisc and MDLM's "
-        "confidence MAUVE below its random MAUVE by more than ε at one or more; LaDiff's "
-        "below by more than ε: not supported; MDLM not below by more than ε: inconclusive "
-        f"(nothing for confidence selection to break); {noise.text}"
+    matches = verdict(
+        f"at every Ndisc LaDiff's {quality.name} with confidence selection not worse than "
+        f"with random by more than the margin ({quality.better} is better; {quality.margin_text}"
+        f"; {NOISE_RULE}; confidence - random, worse way positive, below)",
+        [
+            (f"Ndisc {n}", not_worse(c, r, margin=quality.margin, better=quality.better))
+            for n, c, r in pairs("ladiff")
+        ],
     )
-    lad, mdl = gaps("ladiff"), gaps("mdlm")
-    if not lad or not mdl:
-        return lines + [verdict_line([("", Verdict("inconclusive", rule, "too few cells"))])]
-    lad_kind, lad_text = not_worse(lad, noise.eps, "Ndisc")
-    mdl_kind, mdl_text = not_worse(mdl, noise.eps, "Ndisc")
-    measured = f"confidence - random MAUVE, LaDiff: {lad_text}; MDLM: {mdl_text}"
-    if lad_kind == "worse":
-        outcome = "not supported"
-    else:
-        outcome = "supported" if mdl_kind == "worse" else "inconclusive"
-    return lines + [verdict_line([("", Verdict(outcome, rule, measured))])]
-
-
-def speedup_text(s: Any) -> str:
-    """One :class:`~diladiff_cli.frontier.SpeedUp`, in words."""
-    what = "MAUVE" if s.quality == "mauve" else "GenPPL"
-    if s.factor is None:
-        return f"at equal {what}: no shared quality range ({s.note})"
-    lo, hi = s.quality_range
-    return (
-        f"at equal {what} **{s.factor:.2f}x** ({s.factor_min:.2f}-{s.factor_max:.2f}x "
-        f"over {what} {fmt(lo)}-{fmt(hi)})"
+    collapse = verdict(
+        f"MDLM's {quality.name} with confidence selection worse than with random at one "
+        f"Ndisc or more; {NOISE_RULE} (confidence - random below)",
+        [(f"Ndisc {n}", difference(c, r, claim=quality.worse)) for n, c, r in pairs("mdlm")],
+        combine=any_of,
     )
+    return lines + [
+        verdict_line([("LaDiff matches random", matches), ("MDLM collapses", collapse)])
+    ]
 
 
-def latent_shares(ctx: Context, rows: list[dict[str, Any]]) -> tuple[float | None, float | None]:
+def latent_shares(
+    ctx: Context, rows: list[dict[str, Any]]
+) -> tuple[Estimate | None, Estimate | None]:
     """DiLaDiff's latent share at Ncont = 5: mean over its Ndisc, and at Ndisc = L/16."""
     cells = by(
         rows, "ndisc", model="diladiff", ncont=5, selection="random", temperature=ctx.temperature
     )
-    shares = {n: r["latent_share"] for n, r in cells.items() if valid(r["latent_share"])}
+    shares = {n: e for n, r in cells.items() if (e := Estimate.of(r, "latent_share")) is not None}
     if not shares:
         return None, None
-    return sum(shares.values()) / len(shares), shares.get(ctx.seq_len // 16)
+    return mean_of(list(shares.values())), shares.get(ctx.seq_len // 16)
 
 
 def exp5(ctx: Context, directory: Path) -> list[str] | None:
     rows = read_rows(directory / "pareto.csv")
     if not rows:
         return None
-    noise = mauve_noise(_floor(directory))
+    quality = _quality(rows, directory)
     at = dict(selection="random", temperature=ctx.temperature)
     models = {m: by(rows, "ndisc", model=m, **at) for m in ("mdlm", "ladiff", "diladiff")}
     ndiscs = sorted({n for d in models.values() for n in d})
@@ -535,31 +538,30 @@ def exp5(ctx: Context, directory: Path) -> list[str] | None:
             for n in ndiscs
         ],
     )
-    lines += ["", *_links(ctx, directory)]
+    lines += ["", *_oracle_table(match(rows, **at)), *_links(ctx, directory)]
     teacher, student = models["ladiff"], models["diladiff"]
-    diffs = {
-        n: student[n]["mauve"] - teacher[n]["mauve"]
-        for n in ndiscs
-        if n in student
-        and n in teacher
-        and valid(student[n]["mauve"])
-        and valid(teacher[n]["mauve"])
-    }
-    rule = f"DiLaDiff's MAUVE >= LaDiff's - ε at every Ndisc; {noise.text}"
-    if diffs:
-        kind, measured = not_worse(diffs, noise.eps, "Ndisc")
-        front = Verdict("not supported" if kind == "worse" else "supported", rule, measured)
-    else:
-        front = Verdict("inconclusive", rule, "no DiLaDiff and LaDiff cells at the same Ndisc")
-    mean, _ = latent_shares(ctx, rows)
-    rule = f"DiLaDiff's mean latent share at Ncont = 5 <= {pct(LATENT_SHARE_MAX)}"
-    share = (
-        Verdict("inconclusive", rule, "no latent share")
-        if mean is None
-        else Verdict(
-            "supported" if mean <= LATENT_SHARE_MAX else "not supported", rule, f"{pct(mean)}"
-        )
+    front = verdict(
+        f"at every Ndisc DiLaDiff's {quality.name} not worse than LaDiff's by more than the "
+        f"margin ({quality.better} is better; {quality.margin_text}; {NOISE_RULE}; "
+        "DiLaDiff - LaDiff, worse way positive, below)",
+        [
+            (f"Ndisc {n}", not_worse(s, t, margin=quality.margin, better=quality.better))
+            for n in ndiscs
+            if (s := Estimate.of(student.get(n), quality.column)) is not None
+            and (t := Estimate.of(teacher.get(n), quality.column)) is not None
+        ],
     )
+    mean, _ = latent_shares(ctx, rows)
+    rule = (
+        f"DiLaDiff's mean latent share at Ncont = 5 below {pct(LATENT_SHARE_MAX)} by more "
+        f"than {K:g} SE; above it by more: not supported"
+    )
+    if mean is None:
+        share = Verdict("inconclusive", rule, "no latent share")
+    else:
+        bound = not_worse(mean, Estimate(0.0, 0.0), margin=LATENT_SHARE_MAX, better="lower")
+        se = "" if mean.se is None else f" ± {pct(mean.se)}"
+        share = Verdict(bound.outcome, rule, f"{pct(mean.mean)}{se}", one_seed=bound.one_seed)
     return lines + [verdict_line([("frontier", front), ("latent share", share)])]
 
 
@@ -567,7 +569,7 @@ def exp6(ctx: Context, directory: Path) -> list[str] | None:
     rows = read_rows(directory / "pareto.csv")
     if not rows:
         return None
-    noise = mauve_noise(_floor(directory))
+    quality = _quality(rows, directory)
     rows = match(rows, selection="random", temperature=ctx.temperature)
     ndisc = usual(rows, "ndisc")
     teacher = by(rows, "ncont", model="ladiff", ndisc=ndisc)
@@ -582,49 +584,39 @@ def exp6(ctx: Context, directory: Path) -> list[str] | None:
             for n in nconts
         ],
     )
-    lines += ["", *_links(ctx, directory)]
+    lines += ["", *_oracle_table(match(rows, ndisc=ndisc)), *_links(ctx, directory)]
 
-    gaps = {}  # MeanFlow - TVM, per schedule and Ncont
+    def est(cells: dict[Any, dict[str, Any]], n: int) -> Estimate | None:
+        return Estimate.of(cells.get(n), quality.column)
+
+    same = []  # MeanFlow against TVM, per schedule and Ncont
     for label in labels:
         if not label.startswith("meanflow"):
             continue
         other = students.get("tvm" + label[len("meanflow") :], {})
-        for n, r in students[label].items():
-            if n in other and valid(r["mauve"]) and valid(other[n]["mauve"]):
-                gaps[f"{label[len('meanflow-') :]}@{n}"] = r["mauve"] - other[n]["mauve"]
-    rule = f"|MeanFlow - TVM| MAUVE <= ε at every schedule and Ncont; {noise.text}"
-    if gaps:
-        worst = max(gaps, key=lambda k: abs(gaps[k]))
-        agree = Verdict(
-            "supported" if abs(gaps[worst]) <= noise.eps else "not supported",
-            rule,
-            f"largest gap {gaps[worst]:+.3f} ({worst})",
-        )
-    else:
-        agree = Verdict("inconclusive", rule, "no MeanFlow / TVM pairs")
-
-    beats = {
-        f"{s}@{n}": r["mauve"] - teacher[n]["mauve"]
-        for s in labels
-        for n, r in students[s].items()
-        if n <= SMALL_NCONT and n in teacher and valid(r["mauve"]) and valid(teacher[n]["mauve"])
-    }
-    rule = (
-        f"every student's MAUVE > the teacher's + ε at every Ncont <= {SMALL_NCONT}; "
-        "one below the teacher's - ε: not supported; otherwise inconclusive"
+        for n in sorted(students[label]):
+            mf, tvm = est(students[label], n), est(other, n)
+            if mf is not None and tvm is not None:
+                schedule = label[len("meanflow-") :]
+                same.append((f"{schedule}@{n}", equivalent(mf, tvm, margin=quality.margin)))
+    agree = verdict(
+        f"at every schedule and Ncont MeanFlow's and TVM's {quality.name} differ by less than "
+        f"the margin ({quality.margin_text}; {NOISE_RULE}; MeanFlow - TVM below)",
+        same,
     )
-    if beats:
-        low = min(beats, key=beats.get)
-        outcome = (
-            "supported"
-            if beats[low] > noise.eps
-            else "not supported"
-            if beats[low] < -noise.eps
-            else "inconclusive"
-        )
-        beat = Verdict(outcome, rule, f"smallest margin {beats[low]:+.3f} ({low})")
-    else:
-        beat = Verdict("inconclusive", rule, "no student and teacher cells at the same Ncont")
+    beats = [
+        (f"{s}@{n}", difference(st, te, claim=quality.better))
+        for s in labels
+        for n in sorted(students[s])
+        if n <= SMALL_NCONT
+        and (st := est(students[s], n)) is not None
+        and (te := est(teacher, n)) is not None
+    ]
+    beat = verdict(
+        f"every student's {quality.name} better than the teacher's ({quality.better} is "
+        f"better) at every Ncont <= {SMALL_NCONT}; {NOISE_RULE} (student - teacher below)",
+        beats,
+    )
     return lines + [verdict_line([("objectives agree", agree), ("beat the teacher", beat)])]
 
 
@@ -636,6 +628,7 @@ SECTIONS: dict[int, Callable[[Context, Path], list[str] | None]] = {
     5: exp5,
     6: exp6,
 }
+
 STAGE_OF = {
     1: "latent-analysis",
     2: "pareto-exp2",
@@ -672,12 +665,12 @@ def timings_section(ctx: Context, timings: dict[str, Any] | None) -> list[str]:
         rows.append([name, minutes(float(e.get("seconds") or 0.0)), status, str(e.get("when"))])
     rows.append(["**total**", f"**{minutes(total)}**", "", ""])
     lines += table("stage | wall time | status | when", rows) + [""]
-    if ctx.scale == "tiny":
-        within = total <= TINY_BUDGET_S
+    if ctx.scale in CPU_SCALES:
+        within = total <= CPU_BUDGET_S
         lines.append(
-            f"Budget: <= {TINY_BUDGET_S // 60} min on 2 CPU cores for the tiny scale; this "
+            f"Budget: <= {CPU_BUDGET_S // 60} min on 2 CPU cores for the {ctx.scale} scale; this "
             f"pipeline's stages took {total / 60:.1f} min: "
-            + ("within the budget." if within else f"over the {TINY_BUDGET_S // 60}-min budget.")
+            + ("within the budget." if within else f"over the {CPU_BUDGET_S // 60}-min budget.")
         )
     else:
         lines.append(
@@ -697,27 +690,89 @@ def headline_section(ctx: Context) -> list[str]:
     lines = ["## Headline (experiment 5)", ""]
     if not rows:
         return lines + [f"Not run: no `{EXPERIMENTS[5]}/pareto.csv` (stage pareto-exp5)."]
-    speedups = headline(rows, baseline="mdlm", temperature=ctx.temperature)
     for model, name in (("diladiff", "DiLaDiff"), ("ladiff", "LaDiff")):
-        found = [s for s in speedups if s.model == model and s.cost == "seconds_per_sample"]
-        if not found:
+        if not match(rows, model=model):
             lines.append(f"- {name} vs MDLM: no {name} cells.")
             continue
         lines.append(
             f"- {name} vs MDLM, seconds per sample: "
-            + "; ".join(speedup_text(s) for s in found)
+            + "; ".join(speedups(rows, model, ctx.temperature))
             + "."
         )
     mean, at_l16 = latent_shares(ctx, rows)
     lines.append(
-        f"- DiLaDiff's latent share of the wall time at Ncont = 5: {pct(mean)} on average over "
-        f"its Ndisc, {pct(at_l16)} at Ndisc = L/16 = {ctx.seq_len // 16} (paper: ~5 %)."
+        f"- DiLaDiff's latent share of the wall time at Ncont = 5: "
+        f"{pct(mean.mean if mean else None)} on average over its Ndisc, "
+        f"{pct(at_l16.mean if at_l16 else None)} at Ndisc = L/16 = {ctx.seq_len // 16} "
+        "(paper: ~5 %)."
     )
+    lines += reference_rows(ctx, rows)
     lines += [
         "",
         "Speed-ups are geometric means of the cost ratio along the two frontiers over "
-        "the quality range they share (`diladiff_cli.frontier.headline`).",
+        "the quality range they share (`diladiff_cli.frontier.headline`; at equal oracle NLL "
+        "`diladiff_cli.analysis.verdicts.speedup_interval`, whose interval shifts every "
+        f"cell's quality by ±{K:g} standard errors over seeds).",
     ]
+    return lines
+
+
+def reference_rows(ctx: Context, rows: list[dict[str, Any]]) -> list[str]:
+    """The autoregressive baseline's quality and cost beside the diffusion models, and the
+    share of the MDLM-to-bound gap (the decoder given the true topic) that LaDiff and
+    DiLaDiff close at each Ndisc: the two rows that say what the numbers mean."""
+    if not is_oracle(rows):
+        return []
+    lines = []
+    ar = match(rows, model="ar")
+    if ar:
+        nll, sec = Estimate.of(ar[0], ORACLE_NLL), Estimate.of(ar[0], "seconds_per_sample")
+        best = {
+            m: min(match(rows, model=m), key=lambda r: float(r[ORACLE_NLL]), default=None)
+            for m in ("mdlm", "ladiff", "diladiff")
+        }
+        beside = "; ".join(
+            f"{name} at its best Ndisc = {r['ndisc']}: oracle NLL "
+            f"{Estimate.of(r, ORACLE_NLL)}, {Estimate.of(r, 'seconds_per_sample')} s"
+            for name, r in (
+                ("MDLM", best["mdlm"]),
+                ("LaDiff", best["ladiff"]),
+                ("DiLaDiff", best["diladiff"]),
+            )  # fmt: skip
+            if r is not None
+        )
+        lines.append(
+            f"- Autoregressive baseline (a causal LM of the MDLM's size, KV cache, one token per "
+            f"forward pass): oracle NLL {nll} nats/token at {sec} s per sample"
+            + (f" ({beside})." if beside else ".")
+        )
+    bound = by(rows, "ndisc", model="bound")
+    if not bound:
+        return lines
+    mdlm = by(rows, "ndisc", model="mdlm")
+    parts = []
+    for name, model in (("LaDiff", "ladiff"), ("DiLaDiff", "diladiff")):
+        cells = by(rows, "ndisc", model=model)
+        shares = []
+        for ndisc in sorted(set(bound) & set(mdlm) & set(cells)):
+            share = gap_closed(
+                Estimate.of(mdlm[ndisc], ORACLE_NLL),
+                Estimate.of(cells[ndisc], ORACLE_NLL),
+                Estimate.of(bound[ndisc], ORACLE_NLL),
+            )
+            tokens = ctx.seq_len // ndisc
+            shares.append(
+                f"{tokens} tokens/pass: "
+                + ("no gap to close" if share is None else f"{share.mean:.0%}")
+                + ("" if share is None or share.se is None else f" ± {share.se:.0%}")
+            )
+        if shares:
+            parts.append(f"{name} " + ", ".join(shares))
+    if parts:
+        lines.append(
+            "- Share of the MDLM-to-bound gap in oracle NLL closed (the bound: the same "
+            "decoder given the true topic; ± 1 SE): " + "; ".join(parts) + "."
+        )
     return lines
 
 
@@ -820,8 +875,13 @@ def build_report(ctx: Context) -> str:
         "",
         f"Written by `scripts/report.py` from `{ctx.results.name}/`. Each experiment states "
         "the paper's claim, the numbers of this run, and a verdict computed from them by the "
-        "rule it states. MAUVE noise ε = 1 - MAUVE of real text against other real text "
-        "(floor.json): a difference within ε is not a difference.",
+        "rule it states (`diladiff_cli.analysis.verdicts`). Every sweep cell is a mean over "
+        f"sampling seeds with its standard error (SE); a difference is real only beyond "
+        f"k·sqrt(SE_a² + SE_b²) with k = {K:g}: a difference within that noise is not a "
+        "difference, and a verdict on cells without a standard error (one seed) is "
+        f"inconclusive. On an oracle corpus (`oracle_nll` in pareto.csv) the quality is the "
+        "exact NLL per token of the samples; otherwise MAUVE, whose not-worse margin is "
+        "ε = 1 - MAUVE of real text against other real text (floor.json).",
         "",
         *headline_section(ctx),
         "",
@@ -842,7 +902,7 @@ def build_report(ctx: Context) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--scale", choices=SCALES, default="tiny")
+    p.add_argument("--scale", choices=SCALES, default="oracle")
     p.add_argument("--results", default=None, help="results directory (default results/<scale>)")
     p.add_argument("--out", default=None, help="default: <results>/REPORT.md")
     args = p.parse_args(argv)

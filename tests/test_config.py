@@ -95,3 +95,26 @@ def test_round_trip_to_dict(tmp_path):
 
     r = load_recipe(write(tmp_path, MINIMAL))
     assert build_dataclass(Recipe, to_dict(r), "", "x") == r
+
+
+def test_old_single_pareto_seed_still_loads(tmp_path):
+    """`pareto.seed: N` (before sampling seeds became a list) reads as `seeds: [N]`, in a
+    file, in a child over a base that sets `seeds`, and in `--set`; both at once is an
+    error naming the file."""
+    assert load_recipe(None).pareto.seeds == (0,)
+    assert load_recipe(write(tmp_path, MINIMAL)).pareto.seeds == (0,)  # the default
+    old = write(tmp_path, MINIMAL + "pareto:\n  seed: 3\n")
+    assert load_recipe(old).pareto.seeds == (3,)
+    assert load_recipe(old, ["pareto.seed=5"]).pareto.seeds == (5,)
+    assert load_recipe(old, ["pareto.seeds=[0, 1, 2]"]).pareto.seeds == (0, 1, 2)
+    base = tmp_path / "base.yaml"
+    base.write_text(MINIMAL + "pareto:\n  seeds: [0, 1, 2]\n")
+    child = tmp_path / "child.yaml"
+    child.write_text(f"extends: {base.name}\npareto:\n  seed: 7\n")
+    assert load_recipe(child).pareto.seeds == (7,)
+    both = write(tmp_path, MINIMAL + "pareto:\n  seed: 3\n  seeds: [1]\n")
+    with pytest.raises(RecipeError, match="pareto.seed and pareto.seeds are both set") as err:
+        load_recipe(both)
+    assert str(both) in str(err.value)
+    with pytest.raises(RecipeError, match="seeds must be distinct"):
+        load_recipe(write(tmp_path, MINIMAL + "pareto:\n  seeds: [1, 1]\n"))

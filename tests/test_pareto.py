@@ -9,6 +9,7 @@ import json
 import math
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -21,9 +22,24 @@ from diladiff_cli.config import EvalConfig, GridConfig, MauveConfig, ParetoConfi
 from diladiff_cli.distributed import init_runtime
 from diladiff_cli.errors import DiladiffError
 from diladiff_cli.evaluate import ReferenceFloor
-from diladiff_cli.frontier import CSV_COLUMNS, frontier, headline, speedup_at_equal_quality
-from diladiff_cli.pareto import Cell, expand_cells, resolve_checkpoints, run_sweep
-from diladiff_cli.plots import plot_distill, plot_temperature, write_plots
+from diladiff_cli.frontier import (
+    CSV_COLUMNS,
+    MEASURES,
+    SEED_CSV_COLUMNS,
+    fmt_se,
+    frontier,
+    headline,
+    speedup_at_equal_quality,
+)
+from diladiff_cli.pareto import (
+    Cell,
+    aggregate,
+    expand_cells,
+    mean_and_se,
+    resolve_checkpoints,
+    run_sweep,
+)
+from diladiff_cli.plots import plot_distill, plot_selection, plot_temperature, write_plots
 
 # ----------------------------------------------------------------------------- cells
 
@@ -140,6 +156,44 @@ def test_plots_are_written_and_non_empty(tmp_path):
     assert plot_distill(only_mdlm, floor=floor, path=tmp_path / "d.png") is None
 
 
+def test_plots_draw_error_bars_and_the_ar_baseline(tmp_path, monkeypatch):
+    """Rows with standard errors get error bars (the title says how wide); ``ar`` rows
+    are "AR (KV cache)" in its own colour, and their empty selection is not a second
+    selection rule."""
+    from diladiff_cli import plots
+
+    ar = [{**_row("ar", 128, 0.4, 0.5, 60.0, selection="", tokens_per_forward=1.0,
+                  temperature=t, cell=f"ar-T{t:g}"), "ndisc": 0} for t in (0.6, 0.8, 1.0)]  # fmt: skip
+    rows = [
+        {**r, "seeds": 3, **{f"{m}_se": 0.01 for m in ("mauve", "genppl", "entropy")}}
+        for r in _synthetic_rows() + ar
+    ]
+    figures: dict[str, object] = {}
+    real_save = plots._save
+    monkeypatch.setattr(
+        plots,
+        "_save",
+        lambda fig, path: figures.setdefault(path.name, fig) and real_save(fig, path),
+    )
+    made, skipped = write_plots(rows, floor=None, temperature=1.0, out=tmp_path)
+    assert set(made) == {"pareto", "selection", "temperature", "distill"} and not skipped
+    pareto_fig = figures["pareto.png"]
+    assert "error bars: ±2 SE over 3 sampling seeds" in pareto_fig._suptitle.get_text()
+    ax = pareto_fig.axes[0]
+    labels = ax.get_legend_handles_labels()[1]
+    assert "AR (KV cache)" in labels and not any(label.startswith("ar ") for label in labels)
+    assert ax.containers and all(c.has_yerr for c in ax.containers)  # every curve: bars
+    temperature_labels = figures["temperature.png"].axes[0].get_legend_handles_labels()[1]
+    assert "AR (KV cache)" in temperature_labels
+    selection_labels = figures["confidence_vs_random.png"].axes[0].get_legend_handles_labels()[1]
+    assert "AR (KV cache)" not in selection_labels
+    # random cells and AR only: one selection rule, no selection figure
+    random_and_ar = [r for r in rows if r["selection"] in ("random", "")]
+    assert (
+        plot_selection(random_and_ar, floor=None, temperature=1.0, path=tmp_path / "s.png") is None
+    )
+
+
 # ----------------------------------------------------------------------------- the sweep
 
 
@@ -204,6 +258,10 @@ def test_sweep_resumes_without_redoing_finished_cells(setup, tmp_path, monkeypat
     for r in rows:
         assert 0 <= float(r["mauve"]) <= 1 and float(r["genppl"]) > 1
         assert float(r["judge_valid_ppl"]) == 42.0
+        assert r["seeds"] == "1" and all(r[f"{m}_se"] == "" for m in MEASURES)  # one seed
+    per_seed = list(csv.DictReader(result.seeds_csv.open()))
+    assert [(r["cell"], r["seed"]) for r in per_seed] == [(c.name, "0") for c in cells]
+    assert [r["genppl"] for r in per_seed] == [r["genppl"] for r in rows]
     assert float(rows[0]["tokens_per_forward"]) >= 16 / 2  # ndisc 2: at most 2 passes + fill
     assert result.floor.scorer_valid_ppl == 42.0 and result.floor.mauve_real is not None
     assert set(result.plots) == {"pareto", "selection", "temperature"}
@@ -215,6 +273,80 @@ def test_sweep_resumes_without_redoing_finished_cells(setup, tmp_path, monkeypat
     assert calls == [] and (again.cells_cached, again.cells_run) == (5, 0)
     assert {p: p.stat().st_mtime_ns for p in before} == before
     assert again.rows == result.rows
+
+
+def test_mean_and_standard_error_over_seeds():
+    assert mean_and_se([10.0, 12.0, 14.0]) == (12.0, pytest.approx(2 / math.sqrt(3)))
+    assert mean_and_se([3.0]) == (3.0, None)  # one seed: no standard error
+    assert mean_and_se([None, None]) == (None, None)  # not measured (MAUVE off, no oracle)
+    assert mean_and_se([1.0, math.inf])[1] is None
+    no_oracle = {k: None for k in SEED_CSV_COLUMNS if k.startswith("oracle")}
+    seed_rows = [
+        {**_row("mdlm", 8, 0.1 * s, None, 10.0 + 2 * s), **no_oracle, "seed": s,
+         "device": "cuda" if s == 2 else "cpu"}
+        for s in range(3)
+    ]  # fmt: skip
+    row = aggregate(seed_rows)
+    assert list(row) == list(CSV_COLUMNS) and row["seeds"] == 3
+    assert (row["genppl"], row["genppl_se"]) == (12.0, pytest.approx(2 / math.sqrt(3)))
+    assert row["entropy"] == 4.0 and row["entropy_se"] == 0.0  # the same every seed
+    assert row["mauve"] is row["mauve_se"] is None and row["oracle_nll_se"] is None
+    assert row["genppl_floor"] == 20.0 and row["device"] == "cpu; cuda"
+    assert fmt_se(row, "genppl") == "12 ± 1.2" and fmt_se(row, "mauve") == "-"
+    assert fmt_se(aggregate(seed_rows[:1]), "genppl") == "10"
+
+
+def test_several_seeds_give_means_standard_errors_and_resume(setup, tmp_path, monkeypatch):
+    """Each cell runs once per seed: pareto.csv holds the mean over the seeds' records and
+    its standard error, pareto_seeds.csv the seeds' values; a rerun does nothing and an
+    added seed runs only that seed."""
+    cfg, eval_cfg = _sweep_cfg(setup, tmp_path / "results")
+    cfg = dataclasses.replace(
+        cfg, grids=(GridConfig(ndisc=(2, 4), selection=("random",)),), seeds=(0, 1)
+    )
+    runtime = init_runtime("cpu")
+    result = run_sweep(cfg=cfg, eval_cfg=eval_cfg, data_dir=setup["data"], runtime=runtime)
+    assert (result.cells_cached, result.cells_run) == (0, 2)
+    records: dict[str, dict[int, dict]] = {}  # cell -> seed -> its evaluation record's row
+    for file in (tmp_path / "results" / "cells").glob("*.json"):
+        payload = json.loads(file.read_text())
+        assert payload["record"]["settings"]["seed"] == payload["seed"]
+        records.setdefault(payload["row"]["cell"], {})[payload["seed"]] = payload["row"]
+    rows = list(csv.DictReader(result.csv.open()))
+    assert [r["cell"] for r in rows] == [c.name for c in expand_cells(cfg)]
+    for r in rows:
+        seeds = records[r["cell"]]
+        assert sorted(seeds) == [0, 1] and r["seeds"] == "2"
+        for m in MEASURES:
+            values = [seeds[s][m] for s in (0, 1)]
+            if values[0] is None:  # no oracle on this corpus
+                assert r[m] == r[f"{m}_se"] == ""
+                continue
+            assert float(r[m]) == pytest.approx(statistics.fmean(values), rel=1e-12)
+            se = abs(values[0] - values[1]) / 2  # std (ddof 1) / sqrt(2) of two values
+            assert float(r[f"{m}_se"]) == pytest.approx(se, rel=1e-9, abs=1e-15)
+        assert float(r["genppl_se"]) > 0  # the seeds drew different samples
+    per_seed = list(csv.DictReader(result.seeds_csv.open()))
+    assert list(per_seed[0]) == list(SEED_CSV_COLUMNS)
+    assert [(r["cell"], int(r["seed"])) for r in per_seed] == [
+        (c.name, s) for c in expand_cells(cfg) for s in (0, 1)
+    ]
+    assert " ± " in result.table.read_text() and "seeds 0, 1" in result.table.read_text()
+
+    calls: list[tuple[str, int]] = []
+    real = pareto.sample_cell
+    monkeypatch.setattr(
+        pareto,
+        "sample_cell",
+        lambda cell, **kw: calls.append((cell.name, kw["seed"])) or real(cell, **kw),
+    )
+    again = run_sweep(cfg=cfg, eval_cfg=eval_cfg, data_dir=setup["data"], runtime=runtime)
+    assert calls == [] and (again.cells_cached, again.cells_run) == (2, 0)
+    assert again.rows == result.rows and again.seed_rows == result.seed_rows
+    more = dataclasses.replace(cfg, seeds=(0, 1, 2))
+    third = run_sweep(cfg=more, eval_cfg=eval_cfg, data_dir=setup["data"], runtime=runtime)
+    assert calls == [(c.name, 2) for c in expand_cells(cfg)]  # only the new seed is drawn
+    assert third.seed_rows[:2] == result.seed_rows[:2] and third.rows[0]["seeds"] == 3
 
 
 def test_sweeps_sharing_a_work_dir_score_each_shared_cell_once(setup, tmp_path, monkeypatch):

@@ -7,10 +7,13 @@
   latent-noise tables (``scripts/ae_report.py``);
 * :mod:`~diladiff_cli.analysis.experiments`: the six paper experiments and their recipes
   (``scripts/reproduce.py`` and ``scripts/report.py``);
+* :mod:`~diladiff_cli.analysis.verdicts`: the rules that check a claim against means over
+  sampling seeds and their standard errors (``scripts/report.py``);
 * :mod:`~diladiff_cli.analysis.benchmark`: every stage's training and sampling throughput
   (``scripts/bench.py``).
 
 The submodules are imported by name (``from diladiff_cli.analysis.prior_quality import
-...``): :mod:`~diladiff_cli.analysis.experiments` needs no torch, and importing this
-package does not pull the others in.
+...``): :mod:`~diladiff_cli.analysis.experiments` and
+:mod:`~diladiff_cli.analysis.verdicts` need no torch, and importing this package does not
+pull the others in.
 """

