@@ -1,13 +1,16 @@
 # DiLaDiff toolkit: set-up, tests, the embedded default pipeline and benchmarks.
 #   make reproduce   set up, then run the whole pipeline, every experiment, and write the report
-#                    (SCALE=tiny: the embedded default, CPU, offline; SCALE=paper NPROC=8: CUDA)
+#                    (default: the oracle corpus, exactly scored, CPU, offline;
+#                    CORPUS=shakespeare: the same sizes on Shakespeare; SCALE=paper NPROC=8: CUDA)
 #   make test        set up, then lint and run the test suite
 #   make bench       set up, then run the benchmarks (results appended to docs/benchmarks.md)
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 RECIPE ?= recipes/tiny/default.yaml
-SCALE  ?= tiny
+CORPUS ?= oracle
+# The CPU scale follows the corpus: oracle (recipes/oracle) or shakespeare (recipes/tiny).
+SCALE  ?= $(if $(filter shakespeare,$(CORPUS)),tiny,$(if $(filter oracle,$(CORPUS)),oracle,$(error CORPUS must be oracle or shakespeare, not $(CORPUS))))
 NPROC  ?= 1
 # The embedded default and the tests never touch the Hugging Face hub.
 OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1

@@ -4,7 +4,7 @@ against the process's entropy rate H.
 
 Usage (after `diladiff prepare` and `diladiff train-mdlm` on the recipe)::
 
-    python scripts/gap_curve.py recipes/tiny/oracle.yaml --out results/tiny/oracle/gap
+    python scripts/gap_curve.py recipes/oracle/l128.yaml --out results/oracle/l128/gap
 
 Writes ``gap.csv``, ``gap.json`` and ``gap.png`` under ``--out`` (the library code is
 :mod:`diladiff_cli.analysis.gap`).

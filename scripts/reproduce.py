@@ -1,6 +1,7 @@
 """Run the whole DiLaDiff pipeline, stage by stage, make-style, and time every stage.
 
-The stages, in order: prepare, train-mdlm, train-judge, train-ae, encode, train-prior,
+The stages, in order: prepare, train-mdlm, train-judge, train-ae, train-bound (the
+perfect-latent bound, oracle corpora only), encode, train-prior,
 distill (the default MeanFlow student) and the other students of experiment 6 (three at paper
 scale, four at tiny scale, whose default student is tuned apart from the paper's settings),
 latent-analysis (``scripts/ae_report.py``), prior-quality (``scripts/prior_report.py``),
@@ -18,7 +19,8 @@ exit code. After an interruption, run the same command again.
 
 Examples::
 
-    python scripts/reproduce.py                      # the tiny scale (CPU, offline)
+    python scripts/reproduce.py                      # the oracle corpus (CPU, offline)
+    python scripts/reproduce.py --scale tiny         # the same sizes on Shakespeare
     python scripts/reproduce.py --dry-run            # print the commands, run nothing
     python scripts/reproduce.py --only pareto,report
     python scripts/reproduce.py --scale paper --nproc 8
@@ -49,6 +51,7 @@ from rich.console import Console
 from rich.text import Text
 
 from diladiff_cli.analysis.experiments import (
+    CPU_SCALES,
     SCALES,
     SWEEPS,
     base_recipe,
@@ -56,6 +59,7 @@ from diladiff_cli.analysis.experiments import (
     git_commit,
 )
 from diladiff_cli.config import Recipe, load_recipe
+from diladiff_cli.config.stages import ORACLE_TOPIC
 from diladiff_cli.files import atomic_write_json
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -69,6 +73,7 @@ _PAPER_STUDENTS = (
     ("tvm-ln12", ("--objective", "tvm"), "diladiff_tvm_ln12.pt"),
 )
 STUDENTS = {
+    "oracle": (("meanflow-ln12", (), "diladiff_meanflow_ln12.pt"), *_PAPER_STUDENTS),
     "tiny": (("meanflow-ln12", (), "diladiff_meanflow_ln12.pt"), *_PAPER_STUDENTS),
     "paper": _PAPER_STUDENTS,
 }
@@ -108,16 +113,23 @@ def missing_section(recipe: Recipe, needs: Sequence[str]) -> str | None:
 
     ``ae`` and ``prior`` are optional sections (None when absent); ``distill`` needs the
     prior it distils. Every other section has defaults, so ``judge`` is decided by what
-    it is for: it is trained only when the recipe's GenPPL scorer is that judge (the
-    paper recipes score with gpt2-large).
+    it is for: it is trained only when the recipe's GenPPL scorer is that judge or its
+    sweeps sample it as the autoregressive baseline ``ar`` (the paper recipes score with
+    gpt2-large).
     """
     for need in needs:
         if need in ("ae", "prior") and getattr(recipe, need) is None:
             return f"has no '{need}' section"
+        if need == "oracle" and recipe.data.corpus.source != "oracle":
+            return "is not an oracle corpus (no hidden topic to bound the latent with)"
         if need == "distill" and recipe.prior is None:
             return "has no 'prior' section to distil"
-        if need == "judge" and recipe.eval.scorer.name != recipe.judge.out:
-            return f"scores GenPPL with {recipe.eval.scorer.name}, not a judge it trains"
+        used = (recipe.eval.scorer.name, recipe.pareto.checkpoints.get("ar"))
+        if need == "judge" and recipe.judge.out not in used:
+            return (
+                f"scores GenPPL with {recipe.eval.scorer.name} and samples no `ar` "
+                "baseline from the judge it trains"
+            )
     return None
 
 
@@ -133,7 +145,8 @@ def build_plan(
     """Every stage of a scale, in order.
 
     Args:
-        scale: ``tiny`` (recipes/tiny, CPU) or ``paper`` (recipes/paper, CUDA, torchrun).
+        scale: ``oracle`` (recipes/oracle, CPU), ``tiny`` (recipes/tiny, CPU) or ``paper``
+            (recipes/paper, CUDA, torchrun).
         nproc: processes per node for the paper scale's training stages.
         results: the results directory (default ``results/<scale>``).
         python: the interpreter (default: this one).
@@ -162,6 +175,10 @@ def build_plan(
     cli("train-mdlm", "train-mdlm", base, *compute, needs=["mdlm"])
     cli("train-judge", "train-judge", base, *compute, needs=["judge"])
     cli("train-ae", "train-ae", base, *compute, needs=["ae"])
+    # The perfect-latent bound (oracle corpora): the autoencoder's decoder and budget, its z
+    # computed from the true hidden topic instead of BERT states.
+    cli("train-bound", "train-ae", base, "--set", f"ae.encoder.name={ORACLE_TOPIC}",
+        "--out", f"{runs}/bound.pt", *compute, needs=["ae", "oracle"])  # fmt: skip
     cli("encode", "encode", base, *compute, needs=["ae"])
     if paper:
         sample = ("--split", "train", "--limit", str(PAPER_TRAIN_LATENTS))
@@ -463,10 +480,10 @@ def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0],
         epilog="Stages: "
-        + ", ".join(s.name for s in build_plan(scale="tiny")[0])
+        + ", ".join(s.name for s in build_plan(scale="oracle")[0])
         + " (paper: no train-judge, plus encode-train-sample).",
     )
-    p.add_argument("--scale", choices=SCALES, default="tiny")
+    p.add_argument("--scale", choices=SCALES, default="oracle")
     p.add_argument(
         "--nproc",
         type=int,
@@ -489,9 +506,10 @@ def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse(argv)
-    if args.nproc < 1 or (args.scale == "tiny" and args.nproc != 1):
+    if args.nproc < 1 or (args.scale in CPU_SCALES and args.nproc != 1):
         print(
-            "error: --nproc must be 1 at the tiny scale (one process) and >= 1 at the paper scale",
+            f"error: --nproc must be 1 at the {args.scale} scale (one process) and >= 1 at the "
+            "paper scale",
             file=sys.stderr,
         )
         return 2
@@ -510,7 +528,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"{stage.name:<24} {display(stage.argv)}")
         return 0
     env = dict(os.environ)
-    if args.scale == "tiny":  # the embedded default never touches the hub
+    if args.scale in CPU_SCALES:  # the CPU scales never touch the hub
         env.setdefault("HF_HUB_OFFLINE", "1")
         env.setdefault("HF_DATASETS_OFFLINE", "1")
     results_dir = Path(results) if Path(results).is_absolute() else ROOT / results

@@ -309,16 +309,17 @@ def test_other_sources_ignore_the_oracle_settings(tmp_path):
     assert data._fingerprint(cfgs[0], resolved, None) == data._fingerprint(cfgs[1], resolved, None)
 
 
-def test_the_tiny_oracle_recipe_prepares_in_seconds(tmp_path):
+@pytest.mark.parametrize(("name", "seq_len"), [("default", 64), ("l128", 128)])
+def test_the_oracle_recipes_prepare_in_seconds(tmp_path, name, seq_len):
     recipe = load_recipe(
-        ROOT / "recipes" / "tiny" / "oracle.yaml",
+        ROOT / "recipes" / "oracle" / f"{name}.yaml",
         [f"data.out={tmp_path / 'data'}", "data.corpus.oracle.num_documents=60"],
     )
     assert recipe.data.tokenizer.vocab_size == recipe.mdlm.model.vocab_size
     info = prepare(recipe.data)
     assert info.vocab_size == recipe.mdlm.model.vocab_size
     assert info.num_train_blocks + info.num_valid_blocks == 60
-    assert load_data_info(info.out_dir).seq_len == 128
+    assert load_data_info(info.out_dir).seq_len == seq_len == recipe.mdlm.model.max_len
     blocks = _all_blocks(info.out_dir, "train")
     assert not np.any(blocks[:, 1:-1] == info.eos_id)
     assert load_oracle(info.out_dir).fingerprint in info.corpus

@@ -40,6 +40,7 @@ TINY_ORDER = [
     "prior-quality", "pareto-exp2", "pareto-exp3", "pareto-exp4", "pareto-exp5", "pareto-exp6",
     "report",
 ]  # fmt: skip
+ORACLE_ORDER = [*TINY_ORDER[:4], "train-bound", *TINY_ORDER[4:]]  # + the perfect-latent bound
 PAPER_ORDER = [
     "prepare", "train-mdlm", "train-ae", "encode", "encode-train-sample", "train-prior",
     "distill", "distill-meanflow-ln11", "distill-tvm-ln11", "distill-tvm-ln12",
@@ -66,25 +67,28 @@ def _after_module(argv: tuple[str, ...]) -> list[str]:
 # ----------------------------------------------------------------------------- the plans
 
 
-def test_dry_run_tiny_lists_every_stage_in_order():
-    plan = _dry_run()
-    assert [name for name, _ in plan] == TINY_ORDER
+@pytest.mark.parametrize(("scale", "args"), [("oracle", ()), ("tiny", ("--scale", "tiny"))])
+def test_dry_run_cpu_scales_list_every_stage_in_order(scale, args):
+    plan = _dry_run(*args)  # the oracle scale is the default
+    assert [name for name, _ in plan] == (ORACLE_ORDER if scale == "oracle" else TINY_ORDER)
     commands = dict(plan)
     for name in ("prepare", "train-mdlm", "train-judge", "train-ae", "encode", "train-prior"):
-        assert commands[name].endswith(f"-m diladiff_cli {name} recipes/tiny/default.yaml")
-    assert commands["distill"].endswith("-m diladiff_cli distill recipes/tiny/default.yaml")
+        assert commands[name].endswith(f"-m diladiff_cli {name} recipes/{scale}/default.yaml")
+    assert commands["distill"].endswith(f"-m diladiff_cli distill recipes/{scale}/default.yaml")
     assert "torchrun" not in " ".join(commands.values())
     for i, exp in enumerate(reproduce.SWEEPS, 2):
         assert commands[f"pareto-exp{i}"].endswith(
-            f"pareto recipes/tiny/{exp}.yaml --out results/tiny/{exp}"
+            f"pareto recipes/{scale}/{exp}.yaml --out results/{scale}/{exp}"
         )
     assert commands["latent-analysis"].endswith(
-        "scripts/ae_report.py --recipe recipes/tiny/exp1_latent_analysis.yaml "
-        "--out-md results/tiny/exp1_latent_analysis/analysis.md "
-        "--out-json results/tiny/exp1_latent_analysis/analysis.json "
+        f"scripts/ae_report.py --recipe recipes/{scale}/exp1_latent_analysis.yaml "
+        f"--out-md results/{scale}/exp1_latent_analysis/analysis.md "
+        f"--out-json results/{scale}/exp1_latent_analysis/analysis.json "
         "--blocks 16 --nelbo-batches 4 --analysis-blocks 12 --bench-steps 0"
     )
-    assert commands["report"].endswith("scripts/report.py --scale tiny --results results/tiny")
+    assert commands["report"].endswith(
+        f"scripts/report.py --scale {scale} --results results/{scale}"
+    )
 
 
 def test_dry_run_paper_uses_torchrun_and_drops_the_judge():
@@ -102,7 +106,7 @@ def test_dry_run_paper_uses_torchrun_and_drops_the_judge():
     assert "--json out/p/prior_quality.json" in commands["prior-quality"]
 
 
-@pytest.mark.parametrize("scale", ["tiny", "paper"])
+@pytest.mark.parametrize("scale", ["oracle", "tiny", "paper"])
 def test_commands_are_the_ones_the_recipe_headers_document(scale):
     stages, _ = reproduce.build_plan(scale=scale, nproc=8)
     cli = {s.name: _after_module(s.argv) for s in stages if "diladiff_cli" in s.argv}
@@ -116,10 +120,10 @@ def test_commands_are_the_ones_the_recipe_headers_document(scale):
             assert cli[name] in documented, name
 
 
-@pytest.mark.parametrize("scale", ["tiny", "paper"])
+@pytest.mark.parametrize("scale", ["oracle", "tiny", "paper"])
 def test_the_script_stages_read_what_the_recipes_write(scale):
     stages = {s.name: s for s in reproduce.build_plan(scale=scale)[0]}
-    base = ROOT / "recipes" / scale / ("default.yaml" if scale == "tiny" else "pipeline.yaml")
+    base = ROOT / "recipes" / scale / ("pipeline.yaml" if scale == "paper" else "default.yaml")
     r = load_recipe(base)
     exp6 = load_recipe(ROOT / "recipes" / scale / "exp6_meanflow_vs_tvm.yaml").pareto
     students = {exp6.checkpoints[k] for k in exp6.checkpoints if k.startswith("diladiff/")}
@@ -249,8 +253,14 @@ def test_timing_entry_without_an_earlier_run():
 # ----------------------------------------------------------------------------- report
 
 
+SE_OF = ("mauve", "genppl", "entropy", "seconds_per_sample", "latent_share")
+
+
 def _row(model, ndisc, *, mauve, genppl, seconds, ncont=0, selection="random",
-         temperature=1.0, distill="", entropy=4.0, latent_share=0.0):  # fmt: skip
+         temperature=1.0, distill="", entropy=4.0, latent_share=0.0, se=None,
+         **extra):  # fmt: skip
+    """A pareto.csv row; ``se``: the standard error over 3 seeds of every measure (a
+    fraction of GenPPL and of the seconds), None: one seed (no _se columns)."""
     row = {k: "" for k in CSV_COLUMNS}
     row.update(model=model, ncont=ncont, ndisc=ndisc, selection=selection,
                temperature=temperature, distill=distill, num_samples=64, forward_passes=ndisc,
@@ -259,13 +269,19 @@ def _row(model, ndisc, *, mauve, genppl, seconds, ncont=0, selection="random",
                latent_share=latent_share, genppl_floor=170.0, judge_valid_ppl=150.0,
                reference_entropy=4.3, device="cpu (1 threads)",
                cell=f"{model}-nc{ncont}-nd{ndisc}")  # fmt: skip
+    if se is not None:
+        row["seeds"] = 3
+        for m in SE_OF:
+            row[f"{m}_se"] = se * (row[m] if m in ("genppl", "seconds_per_sample") else 1.0)
+    row.update(extra)
     return row
 
 
 def _write_sweep(directory: Path, rows: list[dict], *, mauve_real: float = 0.97) -> None:
     directory.mkdir(parents=True)
+    extra = [k for r in rows for k in r if k not in CSV_COLUMNS]
     with (directory / "pareto.csv").open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(CSV_COLUMNS))
+        writer = csv.DictWriter(f, fieldnames=[*CSV_COLUMNS, *dict.fromkeys(extra)])
         writer.writeheader()
         writer.writerows(rows)
     floor = {"genppl": 171.5, "entropy": 4.28, "num_references": 64, "mauve_real": mauve_real,
@@ -273,7 +289,10 @@ def _write_sweep(directory: Path, rows: list[dict], *, mauve_real: float = 0.97)
     (directory / "floor.json").write_text(json.dumps({"key": "k", "floor": floor}))
 
 
-def _synthetic_results(results: Path) -> None:
+def _synthetic_results(results: Path, *, se: float | None = 0.01) -> None:
+    """Sweeps 2, 4 and 5 and the timings; ``se``: every measure's standard error over 3
+    seeds (MAUVE, entropy and latent share in their units, GenPPL and seconds as a
+    fraction), None: single-seed rows without standard errors."""
     # Experiment 5: at every quality level LaDiff costs half of MDLM's seconds, DiLaDiff a
     # quarter (same MAUVE and GenPPL per Ndisc, costs in ratio): speed-ups 2x and 4x exactly.
     ndiscs, mauves, ppls = (4, 8, 16, 32), (0.1, 0.2, 0.4, 0.8), (800.0, 400.0, 200.0, 100.0)
@@ -281,21 +300,22 @@ def _synthetic_results(results: Path) -> None:
     rows = []
     for i, (n, m, p) in enumerate(zip(ndiscs, mauves, ppls, strict=True)):
         cost = 2.0**i
-        rows.append(_row("mdlm", n, mauve=m, genppl=p, seconds=cost))
+        rows.append(_row("mdlm", n, mauve=m, genppl=p, seconds=cost, se=se))
         rows.append(_row("ladiff", n, mauve=m, genppl=p, seconds=cost / 2, ncont=200,
-                         latent_share=0.5))  # fmt: skip
+                         latent_share=0.5, se=se))  # fmt: skip
         rows.append(_row("diladiff", n, mauve=m, genppl=p, seconds=cost / 4, ncont=5,
-                         latent_share=shares[i]))  # fmt: skip
+                         latent_share=shares[i], se=se))  # fmt: skip
     _write_sweep(results / "exp5_diladiff_frontier", rows)
-    # Experiment 2: LaDiff's MAUVE 0.2 below MDLM's at Ndisc 16 (noise ε = 0.03).
-    rows = [_row("mdlm", n, mauve=0.5, genppl=300.0, seconds=1.0) for n in (8, 16)]
-    rows += [_row("ladiff", 8, mauve=0.6, genppl=250.0, seconds=1.0, ncont=200),
-             _row("ladiff", 16, mauve=0.3, genppl=250.0, seconds=1.0, ncont=200)]  # fmt: skip
+    # Experiment 2: LaDiff's MAUVE 0.1 above MDLM's at Ndisc 8, 0.2 below at Ndisc 16.
+    rows = [_row("mdlm", n, mauve=0.5, genppl=300.0, seconds=1.0, se=se) for n in (8, 16)]
+    rows += [_row("ladiff", 8, mauve=0.6, genppl=250.0, seconds=1.0, ncont=200, se=se),
+             _row("ladiff", 16, mauve=0.3, genppl=250.0, seconds=1.0, ncont=200,
+                  se=se)]  # fmt: skip
     _write_sweep(results / "exp2_ladiff_vs_mdlm", rows)
-    # Experiment 4: every confidence-random gap within ε = 0.03 -> inconclusive.
+    # Experiment 4: every confidence - random gap +0.01, inside the noise 2 sqrt(2) 0.01.
     rows = [
         _row(model, n, mauve=0.5 + (0.01 if sel == "confidence" else 0.0), genppl=300.0,
-             seconds=1.0, selection=sel, ncont=0 if model == "mdlm" else 200)
+             seconds=1.0, selection=sel, ncont=0 if model == "mdlm" else 200, se=se)
         for model in ("mdlm", "ladiff") for n in (8, 16) for sel in ("random", "confidence")
     ]  # fmt: skip
     _write_sweep(results / "exp4_token_selection", rows)
@@ -339,11 +359,105 @@ def test_report_on_synthetic_results(tmp_path):
             assert "Not run:" in body
     verdict = {i: next(x for x in s.splitlines() if x.startswith("**Verdict")) for i, s in
                sections.items() if i in (2, 4, 5)}  # fmt: skip
-    assert verdict[2].startswith("**Verdict: not supported.**")
-    assert "Ndisc 16: -0.200" in verdict[2] and "ε = 1 - MAUVE(real, real) = 0.030" in verdict[2]
-    assert verdict[4].startswith("**Verdict: inconclusive.**")
-    assert verdict[5].startswith("**Verdict: supported.**") and "Measured: 5.0 %." in verdict[5]
+    # MAUVE 0.2 below MDLM's at Ndisc 16, beyond the noise 2 sqrt(2) 0.01 = 0.028
+    assert verdict[2].startswith("**Verdict: mixed.**")
+    assert "Equal throughput: *not supported*" in verdict[2]
+    assert "MAUVE at Ndisc 16: -0.2 (noise 0.028)" in verdict[2]
+    assert "MAUVE at Ndisc 8: +0.1 (noise 0.028)" in verdict[2]
+    assert "Equal quality: *inconclusive*" in verdict[2]  # the frontiers share no MAUVE
+    # +0.01 between the selections: inside the noise, so nothing either way for MDLM
+    assert verdict[4].startswith("**Verdict: mixed.**")
+    assert "MDLM collapses: *inconclusive*" in verdict[4]
+    assert "LaDiff matches random: *supported*" in verdict[4]  # better is not penalised
+    assert "margin ε = 1 - MAUVE(real, real) = 0.030" in verdict[4]
+    assert (
+        verdict[5].startswith("**Verdict: supported.**")
+        and "Measured: 5.0 % ± 0.5 %." in (verdict[5])
+    )
     assert "Not run: no `prior_quality.json`" in text
+    assert "Exact measures" not in text  # not an oracle corpus
+
+
+def test_report_on_one_seed_results(tmp_path):
+    # rows without standard errors (the single-seed CSVs of earlier runs) still render, and
+    # no verdict pretends to a yes or a no
+    results = tmp_path / "results"
+    _synthetic_results(results, se=None)
+    assert report.main(["--scale", "tiny", "--results", str(results)]) == 0
+    text = (results / "REPORT.md").read_text()
+    assert "DiLaDiff vs MDLM, seconds per sample: at equal MAUVE **4.00x**" in text
+    sections = _sections(text)
+    for i in (2, 4, 5):
+        line = next(x for x in sections[i].splitlines() if x.startswith("**Verdict"))
+        assert line.startswith("**Verdict: inconclusive (one seed: no standard error).**"), line
+        assert "supported*" not in line
+    assert "MAUVE at Ndisc 16: -0.2;" in sections[2]  # the numbers, without a noise
+
+
+def test_report_on_an_oracle_corpus(tmp_path):
+    # Experiment 5 on an oracle corpus, 3 seeds per cell: the exact NLL decides. LaDiff
+    # costs half of MDLM's seconds at every NLL, DiLaDiff a quarter; DiLaDiff's NLL is
+    # LaDiff's to within 0.01 with standard errors of 0.005 (noise 0.014; margin 0.05).
+    results = tmp_path / "results"
+    nlls, rows = (4.0, 3.5, 3.0, 2.5), []
+    for i, (n, q) in enumerate(zip((4, 8, 16, 32), nlls, strict=True)):
+        cost = 2.0**i
+        exact = dict(oracle_nll_se=0.005, oracle_nll_floor=1.89, oracle_purity=0.9,
+                     oracle_purity_se=0.01)  # fmt: skip
+        rows += [
+            _row("mdlm", n, mauve=0.5, genppl=300.0, seconds=cost, se=0.01, oracle_nll=q,
+                 **exact),
+            _row("ladiff", n, mauve=0.5, genppl=300.0, seconds=cost / 2, ncont=200, se=0.01,
+                 latent_share=0.5, oracle_nll=q, **exact),
+            _row("diladiff", n, mauve=0.5, genppl=300.0, seconds=cost / 4, ncont=5, se=0.01,
+                 latent_share=0.05, oracle_nll=q + 0.01, **exact),
+        ]  # fmt: skip
+    _write_sweep(results / "exp5_diladiff_frontier", rows)
+    # Experiment 2 on the same corpus: LaDiff's NLL 0.02 below MDLM's (noise 2 sqrt(2)
+    # 0.02 = 0.057) at equal Ndisc, and half the seconds.
+    rows = []
+    for n, q in ((8, 3.0), (16, 3.5)):
+        rows += [
+            _row("mdlm", n, mauve=0.5, genppl=300.0, seconds=16 / n, se=0.01, oracle_nll=q,
+                 oracle_nll_se=0.02),
+            _row("ladiff", n, mauve=0.5, genppl=300.0, seconds=8 / n, se=0.01, ncont=200,
+                 oracle_nll=q - 0.02, oracle_nll_se=0.02),
+        ]  # fmt: skip
+    _write_sweep(results / "exp2_ladiff_vs_mdlm", rows)
+    # Experiment 3: from T = 1 to 0.5 MDLM's samples crowd onto few topics (topic KL +0.5)
+    # and lose 1 nat of entropy, LaDiff's move by 0.01 and 0.05 (standard errors 0.02).
+    rows = [
+        _row(model, 16, mauve=0.5, genppl=200.0, seconds=1.0, temperature=temp, se=0.02,
+             entropy=entropy, ncont=0 if model == "mdlm" else 200, oracle_nll=3.0,
+             oracle_nll_se=0.02, oracle_topic_kl=kl, oracle_topic_kl_se=0.02)
+        for model, temp, kl, entropy in (("mdlm", 1.0, 0.05, 4.0), ("mdlm", 0.5, 0.55, 3.0),
+                                         ("ladiff", 1.0, 0.05, 4.0),
+                                         ("ladiff", 0.5, 0.06, 3.95))
+    ]  # fmt: skip
+    _write_sweep(results / "exp3_temperature", rows)
+
+    assert report.main(["--scale", "tiny", "--results", str(results)]) == 0
+    text = (results / "REPORT.md").read_text()
+    head = text.split("## Stage wall times")[0]
+    assert "DiLaDiff vs MDLM, seconds per sample: at equal oracle NLL **3.9" in head
+    assert "LaDiff vs MDLM, seconds per sample: at equal oracle NLL **2.00x**" in head
+    assert "with the qualities shifted by ±2 SE" in head
+    sections = _sections(text)
+    five = sections[5]
+    assert "Exact measures (oracle corpus" in five and "the floor: 1.89 nats/token" in five
+    assert "| 2.51 ± 0.005 | - | 0.9 ± 0.01 |" in five  # DiLaDiff at Ndisc 32
+    line = next(x for x in five.splitlines() if x.startswith("**Verdict"))
+    assert line.startswith("**Verdict: supported.**"), line
+    assert "DiLaDiff's oracle NLL not worse than LaDiff's" in line
+    assert "Ndisc 4: excess +0.01 (noise 0.014)" in line
+    line = next(x for x in sections[2].splitlines() if x.startswith("**Verdict"))
+    # 0.02 lower at equal Ndisc is inside the noise; at equal NLL LaDiff is faster
+    assert "Equal throughput: *inconclusive*" in line, line
+    assert "oracle NLL at Ndisc 8: -0.02 (noise 0.057)" in line
+    assert "Equal quality: *supported*" in line, line
+    line = next(x for x in sections[3].splitlines() if x.startswith("**Verdict"))
+    assert line.startswith("**Verdict: supported.** Topic KL: *supported*"), line
+    assert "change MDLM +0.5 ± 0.028, LaDiff +0.01 ± 0.028; LaDiff - MDLM: -0.49" in line
 
 
 def test_report_with_nothing_run(tmp_path):
@@ -359,8 +473,11 @@ def test_report_latent_temperature_and_distillation_sections(tmp_path):
     results = tmp_path / "results"
     results.mkdir()
     (results / "exp1_latent_analysis").mkdir()
-    curve = [{"t": t, "vs_t0_decode": a, "vs_ground_truth": b}
-             for t, a, b in ((0.0, 0.9, 0.6), (0.5, 0.7, 0.55), (1.0, 0.5, 0.5))]  # fmt: skip
+    # BERTScore means with their standard errors ("<key>_se"); vs ground truth rises by
+    # 0.02 between t = 0.5 and 1, inside the noise 2 sqrt(2) 0.01
+    curve = [{"t": t, "vs_t0_decode": a, "vs_ground_truth": b, "vs_t0_decode_se": 0.01,
+              "vs_ground_truth_se": 0.01}
+             for t, a, b in ((0.0, 0.9, 0.6), (0.5, 0.7, 0.5), (1.0, 0.5, 0.52))]  # fmt: skip
     analysis = {
         "nelbo": {"z": 2.5, "null": 4.0, "mdlm": 4.1, "blocks": 64},
         "reconstruction": [
@@ -369,7 +486,8 @@ def test_report_latent_temperature_and_distillation_sections(tmp_path):
             for m, acc, f1 in (("AE, encoder z", 0.8, 0.9), ("AE, null latent", 0.1, 0.3))
         ],
         "latent_analysis": {"blocks": 32, "ndisc": 8, "curve": curve, "intra_pool": 0.8,
-                            "inter_pool": 0.5, "ground_truth_vs_other_block": 0.4},
+                            "inter_pool": 0.5, "ground_truth_vs_other_block": 0.4,
+                            "intra_pool_se": 0.02, "inter_pool_se": 0.02},
     }  # fmt: skip
     (results / "exp1_latent_analysis" / "analysis.json").write_text(json.dumps(analysis))
     # Experiment 3: from T = 1 to 0.5 MDLM loses 0.4 MAUVE and 1.3 nats, LaDiff 0.05 and 0.1.
@@ -377,16 +495,18 @@ def test_report_latent_temperature_and_distillation_sections(tmp_path):
     for model, top, low in (("mdlm", (0.5, 4.3), (0.1, 3.0)), ("ladiff", (0.6, 4.3), (0.55, 4.2))):
         for temp, (mauve, entropy) in ((1.0, top), (0.5, low)):
             rows.append(_row(model, 16, mauve=mauve, genppl=200.0, seconds=1.0, entropy=entropy,
-                             temperature=temp, ncont=0 if model == "mdlm" else 200))  # fmt: skip
+                             temperature=temp, ncont=0 if model == "mdlm" else 200,
+                             se=0.01))  # fmt: skip
     _write_sweep(results / "exp3_temperature", rows)
     # Experiment 6: every student beats the teacher by >= 0.15 at Ncont <= 5, but MeanFlow
     # and TVM differ by 0.1 (> ε) with LogitNormal(-1, 2) at Ncont = 5.
-    rows = [_row("ladiff", 16, mauve=m, genppl=200.0, seconds=1.0, ncont=n)
+    # (standard errors 0.005: the noise 0.014 leaves equal MAUVEs within the margin ε 0.03)
+    rows = [_row("ladiff", 16, mauve=m, genppl=200.0, seconds=1.0, ncont=n, se=0.005)
             for n, m in ((1, 0.1), (5, 0.3), (200, 0.6))]  # fmt: skip
     for label in ("meanflow-ln11", "meanflow-ln12", "tvm-ln11", "tvm-ln12"):
         for n, m in ((1, 0.5), (5, 0.45 if label == "tvm-ln12" else 0.55)):
             rows.append(_row("diladiff", 16, mauve=m, genppl=200.0, seconds=1.0, ncont=n,
-                             distill=label))  # fmt: skip
+                             distill=label, se=0.005))  # fmt: skip
     _write_sweep(results / "exp6_meanflow_vs_tvm", rows)
     # a prior_report.py record (the synthetic stand-in run of an earlier docs/prior.json)
     (results / "prior_quality.json").write_text(
@@ -399,14 +519,19 @@ def test_report_latent_temperature_and_distillation_sections(tmp_path):
     verdict = {i: [x for x in s.splitlines() if x.startswith("**Verdict")] for i, s in
                sections.items()}  # fmt: skip
     assert [len(verdict[i]) for i in range(1, 7)] == [1, 0, 1, 0, 0, 1]
-    assert verdict[1][0].startswith("**Verdict: supported.**")
-    assert "intra - inter = +0.300" in verdict[1][0]
-    assert verdict[3][0].startswith("**Verdict: supported.**")
-    assert "MAUVE drop MDLM +0.400, LaDiff +0.050" in verdict[3][0]
+    assert verdict[1][0].startswith("**Verdict: supported.**"), verdict[1][0]
+    assert "intra - inter: +0.3 (noise 0.057)" in verdict[1][0]
+    assert (
+        "vs ground truth: change -0.08 (noise 0.028), largest reversal 0.02 at step 2"
+        in (verdict[1][0])
+    )
+    assert verdict[3][0].startswith("**Verdict: supported.**"), verdict[3][0]
+    assert "change MDLM -0.4 ± 0.014, LaDiff -0.05 ± 0.014; LaDiff - MDLM: +0.35" in verdict[3][0]
+    assert "LaDiff - MDLM: +1.2 (noise 0.04)" in verdict[3][0]  # entropy
     assert verdict[6][0].startswith("**Verdict: mixed.**")
     assert "Objectives agree: *not supported*" in verdict[6][0]
-    assert "largest gap +0.100 (ln12@5)" in verdict[6][0]
+    assert "ln12@5: +0.1 (noise 0.014)" in verdict[6][0] and "ln11@5: +0 (noise" in verdict[6][0]
     assert "Beat the teacher: *supported*" in verdict[6][0]
-    assert "smallest margin +0.150 (tvm-ln12@5)" in verdict[6][0]
+    assert "tvm-ln12@5: +0.15 (noise 0.014)" in verdict[6][0]
     assert "- student 1 (meanflow, diladiff.pt): 383 vs 329, within the seed noise: no" in text
     assert "Not run: no `exp5_diladiff_frontier/pareto.csv`" in text  # the headline

@@ -9,7 +9,10 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
-SCALES = ("tiny", "paper")
+# oracle: the embedded default, the tiny sizes on the oracle corpus (exactly scored, CPU);
+# tiny: the same sizes on Shakespeare (CPU); paper: the paper's sizes (CUDA).
+SCALES = ("oracle", "tiny", "paper")
+CPU_SCALES = ("oracle", "tiny")
 # Number -> the name of its recipe (recipes/<scale>/<name>.yaml) and of its results directory.
 EXPERIMENTS: dict[int, str] = {
     1: "exp1_latent_analysis",
@@ -30,9 +33,9 @@ def recipes_dir(scale: str) -> str:
 
 
 def base_recipe(scale: str) -> str:
-    """The recipe every stage of a scale trains from: ``default.yaml`` (tiny) or
+    """The recipe every stage of a scale trains from: ``default.yaml`` (oracle, tiny) or
     ``pipeline.yaml`` (paper), relative to the repository root."""
-    return f"{recipes_dir(scale)}/{'default.yaml' if scale == 'tiny' else 'pipeline.yaml'}"
+    return f"{recipes_dir(scale)}/{'pipeline.yaml' if scale == 'paper' else 'default.yaml'}"
 
 
 def experiment_recipe(scale: str, number: int) -> str:
