@@ -726,14 +726,14 @@ def reference_rows(ctx: Context, rows: list[dict[str, Any]]) -> list[str]:
     lines = []
     ar = match(rows, model="ar")
     if ar:
-        nll, sec = Estimate.of(ar[0], ORACLE_NLL), Estimate.of(ar[0], "seconds_per_sample")
+        nll, sec = Estimate.of(ar[0], ORACLE_NLL.column), Estimate.of(ar[0], "seconds_per_sample")
         best = {
-            m: min(match(rows, model=m), key=lambda r: float(r[ORACLE_NLL]), default=None)
+            m: min(match(rows, model=m), key=lambda r: float(r[ORACLE_NLL.column]), default=None)
             for m in ("mdlm", "ladiff", "diladiff")
         }
         beside = "; ".join(
             f"{name} at its best Ndisc = {r['ndisc']}: oracle NLL "
-            f"{Estimate.of(r, ORACLE_NLL)}, {Estimate.of(r, 'seconds_per_sample')} s"
+            f"{Estimate.of(r, ORACLE_NLL.column)}, {Estimate.of(r, 'seconds_per_sample')} s"
             for name, r in (
                 ("MDLM", best["mdlm"]),
                 ("LaDiff", best["ladiff"]),
@@ -756,9 +756,9 @@ def reference_rows(ctx: Context, rows: list[dict[str, Any]]) -> list[str]:
         shares = []
         for ndisc in sorted(set(bound) & set(mdlm) & set(cells)):
             share = gap_closed(
-                Estimate.of(mdlm[ndisc], ORACLE_NLL),
-                Estimate.of(cells[ndisc], ORACLE_NLL),
-                Estimate.of(bound[ndisc], ORACLE_NLL),
+                Estimate.of(mdlm[ndisc], ORACLE_NLL.column),
+                Estimate.of(cells[ndisc], ORACLE_NLL.column),
+                Estimate.of(bound[ndisc], ORACLE_NLL.column),
             )
             tokens = ctx.seq_len // ndisc
             shares.append(
