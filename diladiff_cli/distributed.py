@@ -76,7 +76,11 @@ def init_runtime(device: str = "auto") -> Runtime:
 
 
 def shutdown() -> None:
+    """Leave the process group. Every process waits for the others first: a gloo peer that
+    tears its connections down while another still uses them can abort it ("terminate
+    called without an active exception", seen once in CI on the two-process test)."""
     if dist.is_initialized():
+        dist.barrier()
         dist.destroy_process_group()
 
 
