@@ -83,7 +83,7 @@ from diladiff_cli.models.dit import DiT
 from diladiff_cli.models.mdlm_import import load_mdlm_pretrained
 from diladiff_cli.models.perceiver import PerceiverCompressor
 from diladiff_cli.objective import LossOutput, StepContext, unwrap
-from diladiff_cli.oracle import load_oracle
+from diladiff_cli.oracle import Oracle, load_oracle
 from diladiff_cli.structs import from_dict, to_dict
 from diladiff_cli.train import Reporter, TrainResult, autocast, seed_everything, train
 
@@ -316,7 +316,10 @@ def train_ae(
     Steps: load the frozen encoder and the base MDLM (checked against the data),
     measure the encoder-state statistics, train with the shared loop (resume, DDP,
     EMA, checkpoints), then, for ``latent_norm: stats``, measure the latent
-    statistics with the final weights and store them in the checkpoint.
+    statistics with the final weights and store them in the checkpoint. With
+    ``ae.encoder.name: oracle-topic`` (the perfect-latent bound, oracle corpora only) the
+    states of a block are the one-hot ``(1, K)`` of its document's topic, normalised by
+    the prior's exact statistics, instead of the frozen encoder's; the rest is the same.
 
     Args:
         cfg: the stage config.
@@ -330,37 +333,49 @@ def train_ae(
     Returns:
         The loop's :class:`TrainResult`.
     """
-    if cfg.encoder.name == ORACLE_TOPIC:
-        return _train_bound(
-            cfg=cfg,
-            data=data,
-            stage_config=stage_config,
-            runtime=runtime,
-            precision=precision,
-            resume=resume,
-            reporter=reporter,
-        )
+    bound = cfg.encoder.name == ORACLE_TOPIC
     info = load_data_info(data.out)
-    encoder, enc_tokenizer = load_encoder(cfg.encoder, device=runtime.device)
+    oracle = _bound_oracle(data.out) if bound else None
+    encoder, enc_tokenizer = (None, None)
+    if oracle is None:
+        encoder, enc_tokenizer = load_encoder(cfg.encoder, device=runtime.device)
     base = load_base_decoder(cfg.decoder.base, info)
     dec_tokenizer = hub.load_tokenizer(info.tokenizer_dir)
     seed_everything(cfg.train.seed)
-    model = build_autoencoder(cfg, dit=base.dit, encoder_dim=encoder.hidden_size)
+    encoder_dim = encoder.hidden_size if encoder is not None else oracle.num_topics
+    model = build_autoencoder(cfg, dit=base.dit, encoder_dim=encoder_dim)
+    # cache_blocks: train on the first N blocks (the bound too, so that it sees the
+    # autoencoder's data as well as its steps).
+    limit = cfg.encoder.cache_blocks or None
+    if oracle is not None:  # the states of a block: the one-hot (1, K) of its topic
 
-    def source(split: str, limit: int | None = None) -> TwoViewBlocks:
-        return TwoViewBlocks(
-            data_dir=data.out,
-            split=split,
-            decoder_tokenizer=dec_tokenizer,
-            encoder_tokenizer=enc_tokenizer,
-            max_len=cfg.encoder.max_len,
-            limit=limit,
-        )
+        def source(split: str, limit: int | None = None) -> Any:
+            return OracleTopicBlocks(
+                data_dir=data.out,
+                split=split,
+                decoder_tokenizer=dec_tokenizer,
+                oracle=oracle,
+                limit=limit,
+            )
 
-    train_data, valid_data = source("train", cfg.encoder.cache_blocks or None), source("valid")
-    if cfg.encoder.cache_blocks:
+    else:
+
+        def source(split: str, limit: int | None = None) -> Any:
+            return TwoViewBlocks(
+                data_dir=data.out,
+                split=split,
+                decoder_tokenizer=dec_tokenizer,
+                encoder_tokenizer=enc_tokenizer,
+                max_len=cfg.encoder.max_len,
+                limit=limit,
+            )
+
+    train_data, valid_data = source("train", limit), source("valid")
+    if encoder is not None and cfg.encoder.cache_blocks:
         train_data = CachedStates(train_data, encoder=encoder, device=runtime.device)
-    if cfg.encoder.normalize:
+    if cfg.encoder.normalize and oracle is not None:  # the prior's exact statistics
+        model.set_state_stats(*topic_statistics(oracle.prior))
+    elif cfg.encoder.normalize:
         mean, std = state_statistics(
             encoder,
             train_data,
@@ -375,16 +390,23 @@ def train_ae(
         schedule=LogLinearSchedule(eps=base.noise_eps),
         mask_id=info.mask_id,
         augment=cfg.augment,
-        max_len=cfg.encoder.max_len,
+        max_len=cfg.encoder.max_len if oracle is None else 1,  # the bound: one state
     )
     extra = {
         **to_dict(DataRecord.of(info, data.out)),
         "encoder_name": cfg.encoder.name,
-        "encoder_hidden": encoder.hidden_size,
-        "decoder": to_dict(base.dit.config),
-        "base_mdlm": base.source,
-        "noise_eps": base.noise_eps,
+        "encoder_hidden": encoder_dim,
     }
+    if oracle is not None:
+        extra["bound"] = {
+            "conditioning": "the true document topic (argmax of the oracle posterior)",
+            "oracle_fingerprint": oracle.fingerprint,
+            "num_topics": oracle.num_topics,
+            "prior": oracle.prior.tolist(),
+        }
+    extra.update(
+        {"decoder": to_dict(base.dit.config), "base_mdlm": base.source, "noise_eps": base.noise_eps}
+    )
     result = train(
         model=model,
         objective=objective,
@@ -406,92 +428,18 @@ def train_ae(
     return result
 
 
-def _train_bound(
-    *,
-    cfg: AEStageConfig,
-    data: DataConfig,
-    stage_config: dict[str, Any],
-    runtime: Runtime,
-    precision: Precision,
-    resume: bool,
-    reporter: Reporter | None,
-) -> TrainResult:
-    """:func:`train_ae` for the perfect-latent bound: the states of a block are the
-    one-hot ``(1, K)`` of its document's topic, normalised by the prior's exact
-    statistics; the rest (model, objective with its augmentations, loop, checkpoint,
-    latent statistics) is the autoencoder's. A duplicate of train_ae's body rather than
-    a mode of it: the two differ in every line that builds the inputs.
+def _bound_oracle(data_dir: str) -> Oracle:
+    """The oracle whose topics the perfect-latent bound is given.
 
     Raises:
-        DiladiffError: ``data.out`` is not an oracle corpus.
+        DiladiffError: ``data_dir`` is not an oracle corpus.
     """
-    info = load_data_info(data.out)
     try:
-        oracle = load_oracle(data.out)
+        return load_oracle(data_dir)
     except DiladiffError as err:
         raise DiladiffError(
             f"ae.encoder.name {ORACLE_TOPIC} needs an oracle corpus: {err}"
         ) from None
-    base = load_base_decoder(cfg.decoder.base, info)
-    dec_tokenizer = hub.load_tokenizer(info.tokenizer_dir)
-    seed_everything(cfg.train.seed)
-    model = build_autoencoder(cfg, dit=base.dit, encoder_dim=oracle.num_topics)
-
-    def source(split: str, limit: int | None = None) -> OracleTopicBlocks:
-        return OracleTopicBlocks(
-            data_dir=data.out,
-            split=split,
-            decoder_tokenizer=dec_tokenizer,
-            oracle=oracle,
-            limit=limit,
-        )
-
-    # cache_blocks keeps its meaning (train on the first N blocks) so that the bound
-    # sees the autoencoder's data as well as its steps.
-    train_data, valid_data = source("train", cfg.encoder.cache_blocks or None), source("valid")
-    if cfg.encoder.normalize:
-        model.set_state_stats(*topic_statistics(oracle.prior))
-    set_trainable(model, cfg.decoder.trainable)
-    objective = AutoencoderLoss(
-        encoder=None,
-        schedule=LogLinearSchedule(eps=base.noise_eps),
-        mask_id=info.mask_id,
-        augment=cfg.augment,
-        max_len=1,  # one state per block
-    )
-    extra = {
-        **to_dict(DataRecord.of(info, data.out)),
-        "encoder_name": ORACLE_TOPIC,
-        "encoder_hidden": oracle.num_topics,
-        "bound": {
-            "conditioning": "the true document topic (argmax of the oracle posterior)",
-            "oracle_fingerprint": oracle.fingerprint,
-            "num_topics": oracle.num_topics,
-            "prior": oracle.prior.tolist(),
-        },
-        "decoder": to_dict(base.dit.config),
-        "base_mdlm": base.source,
-        "noise_eps": base.noise_eps,
-    }
-    result = train(
-        model=model,
-        objective=objective,
-        train_data=train_data,
-        valid_data=valid_data,
-        cfg=cfg.train,
-        out=cfg.out,
-        meta=CheckpointMeta(stage=STAGE, step=0, config=stage_config, extra=extra),
-        runtime=runtime,
-        precision=precision,
-        resume=resume,
-        reporter=reporter,
-    )
-    if cfg.latent_norm == "stats" and runtime.is_main:
-        _store_latent_stats(
-            cfg, model=model, encoder=None, data=train_data, runtime=runtime, precision=precision
-        )
-    barrier()
-    return result
 
 
 def _store_latent_stats(
