@@ -14,7 +14,11 @@ this script loads the recipe's checkpoints, calls
    samples paired with the same blocks: the chance level).
 3. Latent analysis: perturb each latent, z_t = (1 - t) z + t noise, decode 8 steps;
    BERTScore-F1 against the t = 0 decode and against the ground truth, per t.
-   Intra-pool (same latent, two seeds) vs inter-pool (two latents, same seed).
+   Intra-pool (same latent, two seeds) vs inter-pool (two latents, same seed). Every
+   mean has its standard error over the held-out blocks (``<key>_se``). On an oracle
+   corpus (``oracle.json`` in the data) also the exact counterpart: per t the share of
+   decodes that keep the source block's topic (argmax of the oracle's posterior), and
+   the share of pool pairs decoded with the same topic.
 4. Step time of training (encoder forward and full step, median of a few steps).
 
 BERTScore uses the shipped MiniLM (``metrics.bertscore_f1``, no baseline rescaling) with

@@ -39,6 +39,7 @@ from diladiff_cli.analysis.verdicts import (
     Estimate,
     K,
     Measure,
+    SpeedUpBound,
     SpeedUpInterval,
     Verdict,
     any_of,
@@ -56,6 +57,7 @@ from diladiff_cli.analysis.verdicts import (
     quality_measure,
     read_rows,
     speedup_interval,
+    speedup_lower_bound,
     usual,
     valid,
     verdict,
@@ -105,6 +107,8 @@ ORACLE_COLUMNS = (
     ("seconds_per_sample", "s/sample"),
 )
 NOISE_RULE = f"a difference is real beyond {K:g} SE of the difference"
+NAMES = {"mdlm": "MDLM", "ladiff": "LaDiff", "diladiff": "DiLaDiff"}
+BETTER = {"mauve": "higher", "genppl": "lower"}  # the frontier.headline measures
 
 
 # ----------------------------------------------------------------------------- inputs
@@ -185,6 +189,26 @@ def interval_text(s: SpeedUpInterval, what: str) -> str:
     )
 
 
+def bound_text(b: SpeedUpBound, what: str, model: str) -> str:
+    """A :class:`~diladiff_cli.analysis.verdicts.SpeedUpBound` that has a factor (and so
+    its two points), in words."""
+    name = NAMES.get(model, model)
+    caveat = ""
+    if b.one_seed:
+        caveat = f"; {ONE_SEED}"
+    elif b.outcome != "supported":
+        caveat = (
+            "; a bound at or below 1x says nothing"
+            if b.factor <= b.at_least
+            else "; not above 1x beyond the costs' noise"
+        )
+    return (
+        f"at equal {what} **≥ {b.factor:.2f}x** (MDLM never reaches {name}'s quality at its "
+        f"cheapest point; its best cell costs {fmt(b.baseline.cost)} s, {name}'s cheapest cell "
+        f"better than that beyond {K:g} SE {fmt(b.model.cost)} s{caveat})"
+    )
+
+
 def speedup_text(s: Any) -> str:
     """One :class:`~diladiff_cli.frontier.SpeedUp`, in words."""
     what = "MAUVE" if s.quality == "mauve" else "GenPPL"
@@ -201,17 +225,60 @@ def speedups(rows: list[dict[str, Any]], model: str, temperature: float) -> list
     """``model``'s speed-ups over MDLM in seconds per sample, in words: at equal oracle
     NLL with its interval (oracle corpora), then at equal MAUVE and GenPPL."""
     texts = []
+    at_t = match(rows, temperature=temperature)
+
+    def bound(column: str, better: Any) -> SpeedUpBound:
+        return speedup_lower_bound(
+            frontier_points(at_t, model="mdlm", column=column),
+            frontier_points(at_t, model=model, column=column),
+            better=better,
+        )
+
     if is_oracle(rows):
-        at_t = match(rows, temperature=temperature)
         s = speedup_interval(
             frontier_points(at_t, model="mdlm", column=ORACLE_NLL.column),
             frontier_points(at_t, model=model, column=ORACLE_NLL.column),
             better=ORACLE_NLL.better,
         )
-        texts.append(interval_text(s, ORACLE_NLL.name))
+        b = bound(ORACLE_NLL.column, ORACLE_NLL.better) if s.factor is None else None
+        text = interval_text(s, ORACLE_NLL.name)
+        texts.append(
+            text if b is None or b.factor is None else bound_text(b, ORACLE_NLL.name, model)
+        )
     found = headline(rows, baseline="mdlm", temperature=temperature)
-    texts += [speedup_text(s) for s in found if s.model == model and s.cost == "seconds_per_sample"]
+    for s in found:
+        if s.model != model or s.cost != "seconds_per_sample":
+            continue
+        b = bound(s.quality, BETTER[s.quality]) if s.factor is None else None
+        what = "MAUVE" if s.quality == "mauve" else "GenPPL"
+        texts.append(
+            speedup_text(s) if b is None or b.factor is None else bound_text(b, what, model)
+        )
     return texts
+
+
+def speed_verdict(rows: list[dict[str, Any]], model: str, quality: Measure) -> Verdict:
+    """``model``'s speed-up over MDLM at equal ``quality``, judged: the interval of
+    :func:`~diladiff_cli.analysis.verdicts.speedup_interval`, or, when the two frontiers
+    share no quality range, the lower bound of
+    :func:`~diladiff_cli.analysis.verdicts.speedup_lower_bound`."""
+    name = NAMES[model]
+    base = frontier_points(rows, model="mdlm", column=quality.column)
+    cand = frontier_points(rows, model=model, column=quality.column)
+    rule = (
+        f"{name}'s seconds per sample below MDLM's at equal {quality.name}: the speed-up's "
+        f"interval (qualities shifted by ±{K:g} SE) above 1x; below 1x: not supported. When "
+        f"{name}'s cheapest cell is already better than MDLM's best, the lower bound MDLM's "
+        f"best cell's cost / the cost of {name}'s cheapest cell better than it beyond {K:g} SE, "
+        f"above 1x beyond {K:g} SE of the costs (a bound below 1x: inconclusive)"
+    )
+    s = speedup_interval(base, cand, better=quality.better)
+    if s.factor is not None:
+        return Verdict(s.outcome, rule, s.measured, one_seed=s.one_seed)
+    b = speedup_lower_bound(base, cand, better=quality.better)
+    if b.factor is None:
+        return Verdict(s.outcome, rule, f"{s.measured}; {b.measured}", one_seed=s.one_seed)
+    return Verdict(b.outcome, rule, b.measured, one_seed=b.one_seed)
 
 
 # ----------------------------------------------------------------------------- context
@@ -294,39 +361,93 @@ def exp1(ctx: Context, directory: Path) -> list[str] | None:
     lines += ["Reconstruction (token accuracy / BERTScore-F1):", ""]
     lines += table("Ndisc | selection | encoder z | null latent", rows) + [""]
     curve = a["curve"]
+    exact = any(valid(c.get("topic_kept")) for c in curve)  # an oracle corpus
     lines += [
         f"Latent noise ({a['blocks']} blocks, {a['ndisc']} steps): BERTScore-F1 as z_t = "
-        "(1 - t) z + t noise is decoded.",
+        "(1 - t) z + t noise is decoded"
+        + (
+            "; topic kept (exact, oracle corpus): the share of decodes whose topic, the argmax "
+            "of the oracle's posterior of the decoded words, is the source block's"
+            if exact
+            else ""
+        )
+        + (
+            ". Mean ± s.e. over the blocks (one measurement each)."
+            if valid(a.get("intra_pool_se"))
+            else "."
+        ),
         "",
     ]
     lines += table(
-        "t | vs t = 0 decode | vs ground truth",
-        [[f"{c['t']:.2f}", fmt(c["vs_t0_decode"]), fmt(c["vs_ground_truth"])] for c in curve],
-    )
-    lines += [
-        "",
-        f"Pools: intra-pool (same latent, two seeds) {fmt(a['intra_pool'])}, inter-pool "
-        f"(two latents, same seed) {fmt(a['inter_pool'])}; two different ground-truth blocks "
-        f"{fmt(a['ground_truth_vs_other_block'])}.",
-        "",
-    ]
-    # a point's standard error, when the analysis records one, is in "<key>_se"
-    curve_v = verdict(
-        f"both curves fall from t = 0 to t = 1 and no step between noise levels rises; "
-        f"{NOISE_RULE}",
+        "t | vs t = 0 decode | vs ground truth" + (" | topic kept" if exact else ""),
         [
-            (name, monotone([Estimate.of(c, key) for c in curve], claim="falls"))
-            for key, name in (("vs_t0_decode", "vs t = 0"), ("vs_ground_truth", "vs ground truth"))
+            [f"{c['t']:.2f}", with_se(c, "vs_t0_decode"), with_se(c, "vs_ground_truth")]
+            + ([with_se(c, "topic_kept")] if exact else [])
+            for c in curve
         ],
     )
-    intra, inter = Estimate.of(a, "intra_pool"), Estimate.of(a, "inter_pool")
+    pools_exact = valid(a.get("intra_pool_same_topic"))
+    lines += [
+        "",
+        f"Pools, BERTScore-F1: intra-pool (same latent, two seeds) {with_se(a, 'intra_pool')}, "
+        f"inter-pool (two latents, same seed) {with_se(a, 'inter_pool')}; two different "
+        f"ground-truth blocks {with_se(a, 'ground_truth_vs_other_block')}.",
+        "",
+    ]
+    if pools_exact:
+        lines += [
+            "Pools, share of pairs decoded with the same topic (exact): intra-pool "
+            f"{with_se(a, 'intra_pool_same_topic')}, inter-pool "
+            f"{with_se(a, 'inter_pool_same_topic')}; two different ground-truth blocks "
+            f"{with_se(a, 'ground_truth_same_topic')}.",
+            "",
+        ]
+    # A point's standard error is in "<key>_se" (records written before them have none:
+    # inconclusive). The noise levels and the pools share their blocks; combining their
+    # standard errors as if independent overstates the noise of a difference when the
+    # measurements are positively correlated, so the rule errs towards inconclusive.
+    series = [("vs_t0_decode", "vs t = 0"), ("vs_ground_truth", "vs ground truth")]
+    series += [("topic_kept", "topic kept")] if exact else []
+    curve_v = verdict(
+        "BERTScore vs the t = 0 decode and vs the ground truth"
+        + (", and the share of decodes keeping the source's topic," if exact else "")
+        + f" fall from t = 0 to t = 1 and no step between noise levels rises; {NOISE_RULE}",
+        [
+            (name, monotone([Estimate.of(c, key) for c in curve], claim="falls"))
+            for key, name in series
+        ],
+    )
+    pool_parts = [
+        (
+            "BERTScore intra - inter",
+            difference(Estimate.of(a, "intra_pool"), Estimate.of(a, "inter_pool"), claim="higher"),
+        )
+    ]
+    if pools_exact:
+        intra, inter = (
+            Estimate.of(a, "intra_pool_same_topic"),
+            Estimate.of(a, "inter_pool_same_topic"),
+        )
+        pool_parts.append(("same topic intra - inter", difference(intra, inter, claim="higher")))
     pool_v = verdict(
-        f"intra-pool BERTScore higher than inter-pool; {NOISE_RULE}",
-        [("intra - inter", difference(intra, inter, claim="higher"))],
+        "intra-pool BERTScore higher than inter-pool"
+        + (
+            ", and the intra-pool's share of same-topic pairs higher than the inter-pool's"
+            if pools_exact
+            else ""
+        )
+        + f"; {NOISE_RULE}",
+        pool_parts,
     )
     analysis_md = directory / "analysis.md"
     if analysis_md.is_file():
         lines += [f"Files: {link(ctx.results, analysis_md)}.", ""]
+    if not valid(a.get("intra_pool_se")):
+        lines += [
+            "This analysis.json has no standard errors over the blocks (written before "
+            "`scripts/ae_report.py` recorded them): rerun the latent-analysis stage.",
+            "",
+        ]
     return lines + [verdict_line([("noise curve", curve_v), ("pools", pool_v)])]
 
 
@@ -377,18 +498,7 @@ def exp2(ctx: Context, directory: Path) -> list[str] | None:
         parts,
         combine=dominates,
     )
-    s = speedup_interval(
-        frontier_points(match(rows, **at), model="mdlm", column=quality.column),
-        frontier_points(match(rows, **at), model="ladiff", column=quality.column),
-        better=quality.better,
-    )
-    speed = Verdict(
-        s.outcome,
-        f"LaDiff's seconds per sample below MDLM's at equal {quality.name}: the speed-up's "
-        f"interval (qualities shifted by ±{K:g} SE) above 1x; below 1x: not supported",
-        s.measured,
-        one_seed=s.one_seed,
-    )
+    speed = speed_verdict(match(rows, **at), "ladiff", quality)
     return lines + [verdict_line([("equal throughput", throughput), ("equal quality", speed)])]
 
 
@@ -562,7 +672,10 @@ def exp5(ctx: Context, directory: Path) -> list[str] | None:
         bound = not_worse(mean, Estimate(0.0, 0.0), margin=LATENT_SHARE_MAX, better="lower")
         se = "" if mean.se is None else f" ± {pct(mean.se)}"
         share = Verdict(bound.outcome, rule, f"{pct(mean.mean)}{se}", one_seed=bound.one_seed)
-    return lines + [verdict_line([("frontier", front), ("latent share", share)])]
+    speed = speed_verdict(match(rows, **at), "diladiff", quality)
+    return lines + [
+        verdict_line([("frontier", front), ("latent share", share), ("speed-up over MDLM", speed)])
+    ]
 
 
 def exp6(ctx: Context, directory: Path) -> list[str] | None:

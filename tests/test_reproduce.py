@@ -535,3 +535,106 @@ def test_report_latent_temperature_and_distillation_sections(tmp_path):
     assert "tvm-ln12@5: +0.15 (noise 0.014)" in verdict[6][0]
     assert "- student 1 (meanflow, diladiff.pt): 383 vs 329, within the seed noise: no" in text
     assert "Not run: no `exp5_diladiff_frontier/pareto.csv`" in text  # the headline
+
+
+def _exp1_results(results: Path, *, se: float | None, topic_se: float | None = None) -> None:
+    """An analysis.json whose curves fall (BERTScore 0.9 -> 0.7 -> 0.5 vs the t = 0 decode,
+    0.7 -> 0.6 -> 0.5 vs the ground truth; topic kept 1 -> 0.6 -> 0.25), intra-pool 0.1
+    above inter-pool in BERTScore and 0.6 in same-topic pairs; ``se``: the standard error
+    of every BERTScore mean (None: a record written before them), ``topic_se``: of every
+    topic share (None: not an oracle corpus, no topic columns)."""
+    curve = []
+    for t, a, b, kept in ((0.0, 0.9, 0.7, 1.0), (0.5, 0.7, 0.6, 0.6), (1.0, 0.5, 0.5, 0.25)):
+        point = {"t": t, "vs_t0_decode": a, "vs_ground_truth": b}
+        if se is not None:
+            point |= {"vs_t0_decode_se": se, "vs_ground_truth_se": se}
+        if topic_se is not None:
+            point |= {"topic_kept": kept, "topic_kept_se": topic_se}
+        curve.append(point)
+    a = {"blocks": 32, "ndisc": 8, "curve": curve, "intra_pool": 0.6, "inter_pool": 0.5,
+         "ground_truth_vs_other_block": 0.4}  # fmt: skip
+    if se is not None:
+        a |= {f"{k}_se": se for k in ("intra_pool", "inter_pool", "ground_truth_vs_other_block")}
+    if topic_se is not None:
+        for key, share in (("intra_pool_same_topic", 0.85), ("inter_pool_same_topic", 0.25),
+                           ("ground_truth_same_topic", 0.25)):  # fmt: skip
+            a |= {key: share, f"{key}_se": topic_se}
+    analysis = {"nelbo": {"z": 2.5, "null": 4.0, "mdlm": 4.1, "blocks": 64},
+                "reconstruction": [], "latent_analysis": a}  # fmt: skip
+    (results / "exp1_latent_analysis").mkdir(parents=True)
+    (results / "exp1_latent_analysis" / "analysis.json").write_text(json.dumps(analysis))
+
+
+def _exp1_verdict(results: Path) -> tuple[str, str]:
+    assert report.main(["--results", str(results)]) == 0
+    body = _sections((results / "REPORT.md").read_text())[1]
+    return body, next(x for x in body.splitlines() if x.startswith("**Verdict"))
+
+
+def test_report_exp1_clearly_falling_with_topics_is_supported(tmp_path):
+    # standard errors 0.01 (BERTScore) and 0.05 (topic shares): every fall is beyond 2 SE
+    _exp1_results(tmp_path, se=0.01, topic_se=0.05)
+    body, line = _exp1_verdict(tmp_path)
+    assert line.startswith("**Verdict: supported.**"), line
+    assert "| t | vs t = 0 decode | vs ground truth | topic kept |" in body
+    assert "| 0.50 | 0.7 ± 0.01 | 0.6 ± 0.01 | 0.6 ± 0.05 |" in body
+    assert "topic kept: change -0.75 (noise 0.14)" in line
+    assert "BERTScore intra - inter: +0.1 (noise 0.028)" in line
+    assert "same topic intra - inter: +0.6 (noise 0.14)" in line
+    assert "same topic (exact): intra-pool 0.85 ± 0.05, inter-pool 0.25 ± 0.05" in body
+
+
+def test_report_exp1_inside_the_noise_is_inconclusive(tmp_path):
+    # standard errors 0.1: each BERTScore fall (0.2 at most) is inside 2 sqrt(2) 0.1 = 0.28,
+    # and the topic shares' (0.3) too; no reversal either, so nothing either way
+    _exp1_results(tmp_path, se=0.1, topic_se=0.3)
+    _, line = _exp1_verdict(tmp_path)
+    assert line.startswith("**Verdict: inconclusive.**"), line
+    assert "one seed" not in line
+    assert "vs ground truth: change -0.2 (noise 0.28)" in line
+
+
+def test_report_exp1_without_standard_errors_or_topics(tmp_path):
+    # a record written before the standard errors (and a corpus without an oracle)
+    _exp1_results(tmp_path, se=None)
+    body, line = _exp1_verdict(tmp_path)
+    assert line.startswith("**Verdict: inconclusive (one seed: no standard error).**"), line
+    assert "topic" not in line and "| t | vs t = 0 decode | vs ground truth |" in body
+    assert "rerun the latent-analysis stage" in body
+
+
+def test_headline_lower_bound_when_the_frontiers_share_no_quality(tmp_path):
+    # Every DiLaDiff and LaDiff cell beats MDLM's best (NLL 6.5 at 0.04 s) by far more than
+    # the noise: the frontiers share no NLL. DiLaDiff's cheapest cell costs 0.01 s, so at
+    # its NLL the speed-up is at least 0.04 / 0.01 = 4x; LaDiff's cheapest costs 0.05 s: a
+    # bound of 0.8x, which says nothing.
+    results = tmp_path / "results"
+    rows = []
+    costs = {"mdlm": (0.01, 0.02, 0.04), "diladiff": (0.01, 0.02, 0.04),
+             "ladiff": (0.05, 0.06, 0.08)}  # fmt: skip
+    nlls = {"mdlm": (7.6, 7.0, 6.5), "diladiff": (6.2, 5.6, 5.1), "ladiff": (6.1, 5.5, 5.0)}
+    mauves = {"mdlm": (0.1, 0.15, 0.2), "diladiff": (0.9, 0.92, 0.95), "ladiff": (0.9, 0.92, 0.95)}
+    for model, ncont in (("mdlm", 0), ("ladiff", 200), ("diladiff", 5)):
+        for i, n in enumerate((4, 8, 16)):
+            rows.append(_row(model, n, mauve=mauves[model][i], genppl=1000.0 / (i + 1) /
+                             (1 if model == "mdlm" else 4), seconds=costs[model][i], ncont=ncont,
+                             se=0.01, latent_share=0.05, oracle_nll=nlls[model][i],
+                             oracle_nll_se=0.03))  # fmt: skip
+    _write_sweep(results / "exp5_diladiff_frontier", rows)
+    assert report.main(["--scale", "oracle", "--results", str(results)]) == 0
+    text = (results / "REPORT.md").read_text()
+    head = text.split("## Stage wall times")[0]
+    assert (
+        "DiLaDiff vs MDLM, seconds per sample: at equal oracle NLL **≥ 4.00x** (MDLM never "
+        "reaches DiLaDiff's quality at its cheapest point; its best cell costs 0.04 s, "
+        "DiLaDiff's cheapest cell better than that beyond 2 SE 0.01 s)"
+    ) in head
+    assert "at equal MAUVE **≥ 4.00x**" in head and "at equal GenPPL **≥ 4.00x**" in head
+    assert (
+        "LaDiff vs MDLM, seconds per sample: at equal oracle NLL **≥ 0.80x** (MDLM never "
+        "reaches LaDiff's quality at its cheapest point; its best cell costs 0.04 s, LaDiff's "
+        "cheapest cell better than that beyond 2 SE 0.05 s; a bound at or below 1x says nothing)"
+    ) in head
+    line = next(x for x in _sections(text)[5].splitlines() if x.startswith("**Verdict"))
+    assert "Speed-up over MDLM: *supported*" in line, line
+    assert "Measured: >= 4.00x (the baseline's best quality 6.5 ± 0.03 at 0.04 ± 0.0004 s" in line

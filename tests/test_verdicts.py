@@ -28,6 +28,7 @@ from diladiff_cli.analysis.verdicts import (
     quality_measure,
     read_rows,
     speedup_interval,
+    speedup_lower_bound,
     verdict,
 )
 
@@ -212,6 +213,43 @@ def test_speedup_inside_the_noise_and_without_it():
     assert one.outcome == "inconclusive" and one.one_seed and one.factor == pytest.approx(1.0)
     apart = speedup_interval(base, _frontier(costs, (2.0, 1.0), 0.01), better="lower")
     assert apart.factor is None and "better than the baseline's best" in apart.note
+
+
+def _costed(costs, nlls, se, cost_se):
+    return [FrontierPoint(c, Estimate(q, se), cost_se) for c, q in zip(costs, nlls, strict=True)]
+
+
+def test_speedup_lower_bound_when_the_frontiers_share_no_quality():
+    # MDLM's best NLL is 3.0 at 4 s; the model's cheapest cell (NLL 2.95, 0.5 s) is within
+    # the noise of it (2 sqrt(2) 0.02 = 0.057), its next (2.5 at 1 s) clearly better: the
+    # speed-up at NLL 2.5 is at least 4 / 1 = 4x.
+    base = _costed((1.0, 2.0, 4.0), (4.0, 3.5, 3.0), 0.02, 0.01)
+    model = _costed((0.5, 1.0, 2.0), (2.95, 2.5, 2.0), 0.02, 0.01)
+    assert speedup_interval(base, model, better="lower").factor is None
+    b = speedup_lower_bound(base, model, better="lower")
+    assert b.factor == pytest.approx(4.0) and b.outcome == "supported"
+    assert b.baseline == base[2] and b.model == model[1]
+    assert b.measured.startswith(">= 4.00x (the baseline's best quality 3 ± 0.02 at 4 ± 0.01 s")
+    # MAUVE-like (higher is better): the same reading, mirrored
+    up = speedup_lower_bound(
+        _costed((1.0, 2.0), (0.1, 0.2), 0.01, 0.01),
+        _costed((0.5, 1.0), (0.5, 0.6), 0.01, 0.01),
+        better="higher",
+    )
+    assert up.factor == pytest.approx(4.0) and up.outcome == "supported"
+    # a bound below 1x says nothing against the model, and costs within their noise
+    slow = speedup_lower_bound(base, _costed((8.0,), (2.0,), 0.02, 0.01), better="lower")
+    assert slow.factor == pytest.approx(0.5) and slow.outcome == "inconclusive"
+    near = speedup_lower_bound(base, _costed((3.95,), (2.0,), 0.02, 0.1), better="lower")
+    assert near.factor > 1.0 and near.outcome == "inconclusive"
+    # no cell better beyond the noise, no standard errors: no bound
+    none = speedup_lower_bound(base, model[:1], better="lower")
+    assert none.factor is None and "by more than 2 SE" in none.note
+    one = speedup_lower_bound(_costed((4.0,), (3.0,), None, None), model, better="lower")
+    assert one.factor is None and one.one_seed and one.outcome == "inconclusive"
+    no_cost_se = speedup_lower_bound(base, _costed((1.0,), (2.0,), 0.02, None), better="lower")
+    assert no_cost_se.factor == pytest.approx(4.0) and no_cost_se.one_seed
+    assert no_cost_se.outcome == "inconclusive"
 
 
 def test_frontier_points_from_csv_rows(tmp_path):

@@ -11,7 +11,12 @@ Everything is measured on the held-out (valid) split:
    the plain MDLM (unconditional samples paired with the same blocks: the chance level).
 3. :func:`latent_noise_table`: perturb each latent, z_t = (1 - t) z + t noise, decode 8
    steps; BERTScore-F1 against the t = 0 decode and against the ground truth, per t.
-   Intra-pool (same latent, two seeds) vs inter-pool (two latents, same seed).
+   Intra-pool (same latent, two seeds) vs inter-pool (two latents, same seed). Each
+   held-out block is one measurement: every mean has its standard error over the blocks
+   (``<key>_se``, std (ddof = 1) / sqrt(n)). On an oracle corpus (``oracle.json`` in the
+   data) the exact counterpart: the share of decodes whose topic (argmax of the oracle's
+   posterior of the decoded words) is the source block's, per t, and the share of pool
+   pairs decoded with the same topic.
 4. :func:`training_step_time`: the encoder forward and a full training step, median of a
    few steps.
 
@@ -23,9 +28,11 @@ rescaling) at a given layer.
 
 from __future__ import annotations
 
+import math
 import statistics
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -38,6 +45,7 @@ from diladiff_cli.encoder import TwoViewBlocks
 from diladiff_cli.mdlm import LoadedMDLM, TokenBlocks
 from diladiff_cli.metrics import bertscore_f1
 from diladiff_cli.objective import StepContext
+from diladiff_cli.oracle import ORACLE_FILE, Oracle, load_oracle, words_of
 from diladiff_cli.sample import batch_seed, token_accuracy
 from diladiff_cli.train import evaluate
 
@@ -84,8 +92,8 @@ def nelbo_table(
     return out
 
 
-def mean_bertscore(cands: list[str], refs: list[str], *, layers: int) -> float:
-    """Mean BERTScore-F1 of candidate/reference pairs; an empty candidate scores 0.
+def bertscores(cands: list[str], refs: list[str], *, layers: int) -> np.ndarray:
+    """BERTScore-F1 of each candidate/reference pair ``(n,)``; an empty candidate scores 0.
 
     Args:
         cands: candidate texts.
@@ -100,7 +108,45 @@ def mean_bertscore(cands: list[str], refs: list[str], *, layers: int) -> float:
         scores[keep] = bertscore_f1(
             [cands[i] for i in keep], [refs[i] for i in keep], num_layers=layers
         )
-    return float(scores.mean())
+    return scores
+
+
+def mean_bertscore(cands: list[str], refs: list[str], *, layers: int) -> float:
+    """Mean BERTScore-F1 of candidate/reference pairs (:func:`bertscores`)."""
+    return float(bertscores(cands, refs, layers=layers).mean())
+
+
+def mean_and_se(values: np.ndarray) -> tuple[float, float | None]:
+    """The mean of per-block measurements and its standard error over the blocks,
+    std (ddof = 1) / sqrt(n); None (JSON null) with fewer than two blocks."""
+    values = np.asarray(values, dtype=np.float64)
+    n = len(values)
+    se = float(values.std(ddof=1) / math.sqrt(n)) if n > 1 else None
+    return float(values.mean()), se
+
+
+def measured(key: str, values: np.ndarray) -> dict[str, float | None]:
+    """``{key: mean, key_se: its standard error}`` of per-block measurements (the keys
+    ``scripts/report.py`` reads with :meth:`~diladiff_cli.analysis.verdicts.Estimate.of`)."""
+    mean, se = mean_and_se(values)
+    return {key: mean, f"{key}_se": se}
+
+
+def topics_of(oracle: Oracle, texts: list[str]) -> np.ndarray:
+    """``(n,)`` the topic of each text, the argmax of the oracle's posterior of its words
+    (the perfect-latent bound's convention); -1 when the words do not single one out (an
+    empty decode, or one whose posterior ties at the top), so it matches no topic."""
+    post = oracle.score([words_of(t) for t in texts]).posterior  # (n, K)
+    ranked = np.sort(post, axis=1)
+    tied = np.zeros(len(post), dtype=bool)
+    if post.shape[1] > 1:
+        tied = np.isclose(ranked[:, -1], ranked[:, -2], rtol=0.0, atol=1e-12)
+    return np.where(tied, -1, post.argmax(axis=1))
+
+
+def same_topic(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``(n,)`` 1.0 where two topic arrays agree on a topic (-1 agrees with nothing)."""
+    return ((a == b) & (a >= 0)).astype(np.float64)
 
 
 def decode_batches(
@@ -232,10 +278,18 @@ def latent_noise_table(
     blocks: int,
     layers: int,
     seed: int,
+    oracle: Oracle | None = None,
     progress: Any = print,
 ) -> dict[str, Any]:
     """BERTScore-F1 of decodes of z_t = (1 - t) z + t noise against the clean decode and
-    the ground truth, per t; the intra-pool and inter-pool scores.
+    the ground truth, per t; the intra-pool and inter-pool scores. Every mean ``key``
+    comes with ``key_se``, its standard error over the blocks (one measurement each).
+
+    With an ``oracle``, the exact counterparts: per t, ``topic_kept``, the share of
+    decodes whose topic is the source block's; ``intra_pool_same_topic`` and
+    ``inter_pool_same_topic``, the share of pool pairs decoded with the same topic; and
+    ``ground_truth_same_topic``, the share of neighbouring ground-truth blocks of the
+    same topic (the inter-pool's chance level). Each with its ``_se``.
 
     Args:
         ae: the autoencoder.
@@ -243,6 +297,7 @@ def latent_noise_table(
         blocks: how many (the first ones).
         layers: the MiniLM layer of BERTScore.
         seed: the decoders' seed (the noise's is ``seed + 1``).
+        oracle: the corpus's oracle (None: not an oracle corpus, no exact columns).
         progress: called with a line per noise level.
     """
     z = encode_blocks(ae, data, blocks)
@@ -250,31 +305,49 @@ def latent_noise_table(
     noise = torch.randn(z.shape, generator=torch.Generator().manual_seed(seed + 1))
     kw = dict(ndisc=ANALYSIS_NDISC, selection="random", seed=seed)
     clean = texts_of(ae, decode_batches(ae, z, **kw))
+    source_topics = None if oracle is None else topics_of(oracle, refs)
     curve = []
     for t in NOISE_LEVELS:
         zt = (1 - t) * z + t * noise  # the prior's convention: t = 1 is pure noise
         texts = texts_of(ae, decode_batches(ae, zt, **kw))
-        curve.append(
-            {
-                "t": t,
-                "vs_t0_decode": mean_bertscore(texts, clean, layers=layers),
-                "vs_ground_truth": mean_bertscore(texts, refs, layers=layers),
-            }
-        )
+        point: dict[str, Any] = {
+            "t": t,
+            **measured("vs_t0_decode", bertscores(texts, clean, layers=layers)),
+            **measured("vs_ground_truth", bertscores(texts, refs, layers=layers)),
+        }
+        if oracle is not None:
+            point |= measured("topic_kept", same_topic(topics_of(oracle, texts), source_topics))
+        curve.append(point)
         progress(f"latent analysis t={t}: {curve[-1]}")
-    other = decode_batches(
-        ae, z, ndisc=ANALYSIS_NDISC, selection="random", seed=seed + OTHER_SEED_OFFSET
+    other = texts_of(
+        ae,
+        decode_batches(
+            ae, z, ndisc=ANALYSIS_NDISC, selection="random", seed=seed + OTHER_SEED_OFFSET
+        ),
     )
     shifted = clean[1:] + clean[:1]  # decode of latent i+1, same seed
-    return {
+    other_refs = refs[1:] + refs[:1]
+    out = {
         "blocks": blocks,
         "ndisc": ANALYSIS_NDISC,
         "selection": "random",
         "curve": curve,
-        "intra_pool": mean_bertscore(texts_of(ae, other), clean, layers=layers),
-        "inter_pool": mean_bertscore(shifted, clean, layers=layers),
-        "ground_truth_vs_other_block": mean_bertscore(refs[1:] + refs[:1], refs, layers=layers),
+        **measured("intra_pool", bertscores(other, clean, layers=layers)),
+        **measured("inter_pool", bertscores(shifted, clean, layers=layers)),
+        **measured("ground_truth_vs_other_block", bertscores(other_refs, refs, layers=layers)),
     }
+    if oracle is not None:
+        clean_topics = topics_of(oracle, clean)
+        out |= {
+            **measured("intra_pool_same_topic", same_topic(topics_of(oracle, other), clean_topics)),
+            **measured(
+                "inter_pool_same_topic", same_topic(np.roll(clean_topics, -1), clean_topics)
+            ),
+            **measured(
+                "ground_truth_same_topic", same_topic(np.roll(source_topics, -1), source_topics)
+            ),
+        }
+    return out
 
 
 def training_step_time(
@@ -352,6 +425,9 @@ def analyse_autoencoder(
 ) -> LatentAnalysis:
     """All of experiment 1 on the held-out split of ``data_dir``.
 
+    On an oracle corpus (``oracle.json`` in ``data_dir``) the latent analysis adds the
+    exact topic measures of :func:`latent_noise_table`.
+
     Args:
         ae: the autoencoder.
         mdlm: its base MDLM.
@@ -366,6 +442,7 @@ def analyse_autoencoder(
         progress: called with a line after each table or setting.
     """
     valid = ae.blocks(data_dir, "valid")
+    oracle = load_oracle(data_dir) if (Path(data_dir) / ORACLE_FILE).is_file() else None
     with torch.no_grad():
         nelbo = nelbo_table(ae, mdlm, data_dir=data_dir, batches=nelbo_batches, runtime=runtime)
         progress(f"nelbo {nelbo}")
@@ -374,7 +451,7 @@ def analyse_autoencoder(
         )
         noise = latent_noise_table(
             ae, valid, blocks=analysis_blocks, layers=bertscore_layers, seed=seed,
-            progress=progress,
+            oracle=oracle, progress=progress,
         )  # fmt: skip
     timing = training_step_time(ae, valid, steps=bench_steps) if bench_steps else {}
     return LatentAnalysis(nelbo=nelbo, reconstruction=recon, latent_analysis=noise, timing=timing)
@@ -412,6 +489,12 @@ DESIGN = """## Design and recipe keys (`ae:` section)
   same times and masks."""
 
 
+def _pm(row: dict[str, Any], key: str) -> str:
+    """``mean ± se`` of ``row[key]`` (records written before the standard errors: the mean)."""
+    se = row.get(f"{key}_se")
+    return f"{row[key]:.3f}" + ("" if se is None else f" ± {se:.3f}")
+
+
 def latent_analysis_markdown(record: dict[str, Any]) -> str:
     """``docs/autoencoder.md`` from the JSON record of ``scripts/ae_report.py``
     (``settings``, ``commands``, ``nelbo``, ``reconstruction``, ``latent_analysis``,
@@ -419,10 +502,10 @@ def latent_analysis_markdown(record: dict[str, Any]) -> str:
     s = record["settings"]
     n = record["nelbo"]
     lines = [
-        "# Stage 1: the latent autoencoder (embedded default)",
+        "# Stage 1: the latent autoencoder",
         "",
         "Produced by `scripts/ae_report.py`; every number is on the held-out (valid) split of",
-        "the embedded corpus (Shakespeare, 4k BPE, L = 128) and is recomputed by:",
+        "the corpus the autoencoder was trained on and is recomputed by:",
         "",
         "```",
         *record["commands"],
@@ -458,27 +541,47 @@ def latent_analysis_markdown(record: dict[str, Any]) -> str:
             f"{r['bertscore_f1']:.3f} |"
         )
     a = record["latent_analysis"]
+    exact = "topic_kept" in a["curve"][0]  # an oracle corpus: the topic columns
     lines += [
         "",
         f"## Latent analysis ({a['blocks']} held-out blocks, {a['ndisc']} steps, "
         f"{a['selection']} selection)",
         "",
         "z_t = (1 - t) z + t noise (t = 1: pure noise), then decoded. BERTScore-F1 of the",
-        "decode against the decode of the clean latent (same seed) and against the ground truth.",
-        "",
-        "| t | vs t = 0 decode | vs ground truth |",
-        "| --- | --- | --- |",
+        "decode against the decode of the clean latent (same seed) and against the ground truth;",
+        "mean ± standard error over the blocks (one measurement each).",
     ]
-    for c in a["curve"]:
-        lines.append(f"| {c['t']:.2f} | {c['vs_t0_decode']:.3f} | {c['vs_ground_truth']:.3f} |")
+    if exact:
+        lines += [
+            "Topic kept (oracle corpus, exact): the share of decodes whose topic, the argmax of",
+            "the oracle's posterior of the decoded words, is the source block's.",
+        ]
     lines += [
         "",
-        "| pool | BERTScore-F1 |",
-        "| --- | --- |",
-        f"| intra-pool: same latent, two seeds | {a['intra_pool']:.3f} |",
-        f"| inter-pool: different latents, same seed | {a['inter_pool']:.3f} |",
-        f"| reference: two different ground-truth blocks | {a['ground_truth_vs_other_block']:.3f} |",
+        "| t | vs t = 0 decode | vs ground truth |" + (" topic kept |" if exact else ""),
+        "| --- | --- | --- |" + (" --- |" if exact else ""),
     ]
+    for c in a["curve"]:
+        cells = [f"{c['t']:.2f}", _pm(c, "vs_t0_decode"), _pm(c, "vs_ground_truth")]
+        cells += [_pm(c, "topic_kept")] if exact else []
+        lines.append("| " + " | ".join(cells) + " |")
+    pools = (
+        ("intra_pool", "intra-pool: same latent, two seeds"),
+        ("inter_pool", "inter-pool: different latents, same seed"),
+    )
+    lines += [
+        "",
+        "| pool | BERTScore-F1 |" + (" same topic |" if exact else ""),
+        "| --- | --- |" + (" --- |" if exact else ""),
+    ]
+    for key, name in pools:
+        same = f" {_pm(a, f'{key}_same_topic')} |" if exact else ""
+        lines.append(f"| {name} | {_pm(a, key)} |{same}")
+    same = f" {_pm(a, 'ground_truth_same_topic')} |" if exact else ""
+    lines.append(
+        "| reference: two different ground-truth blocks | "
+        f"{_pm(a, 'ground_truth_vs_other_block')} |{same}"
+    )
     if record.get("timing"):
         t = record["timing"]
         lines += [

@@ -17,9 +17,10 @@ k * sqrt(se_a^2 + se_b^2), with k = 2 (:data:`K`).
 The rules: :func:`difference` (A lower, or higher, than B), :func:`not_worse` (A not worse
 than B by more than a margin; one-sided, so a better A is never penalised),
 :func:`equivalent` (A and B the same within a margin: both one-sided tests),
-:func:`monotone` (an ordered series moves one way) and :func:`speedup_interval` (how many
+:func:`monotone` (an ordered series moves one way), :func:`speedup_interval` (how many
 times cheaper a model is than a baseline at equal quality, with an interval from the
-qualities' standard errors). :func:`all_of`, :func:`any_of` and :func:`dominates` combine
+qualities' standard errors) and :func:`speedup_lower_bound` (a lower bound on it when the
+model's cheapest cell is already better than the baseline's best). :func:`all_of`, :func:`any_of` and :func:`dominates` combine
 the outcomes of several parts. Torch- and numpy-free: ``scripts/report.py`` renders these.
 """
 
@@ -434,10 +435,12 @@ class FrontierPoint:
     Attributes:
         cost: seconds per sample (any cost, lower being better).
         quality: the quality measured there, with its standard error.
+        cost_se: the cost's standard error over seeds; None when there is none.
     """
 
     cost: float
     quality: Estimate
+    cost_se: float | None = None
 
 
 @dataclass(frozen=True)
@@ -601,6 +604,105 @@ def speedup_interval(
     return SpeedUpInterval(outcome, factor, low, high, at_least, levels_out, ratios)
 
 
+@dataclass(frozen=True)
+class SpeedUpBound:
+    """What :func:`speedup_lower_bound` found.
+
+    Attributes:
+        outcome: whether the bound exceeds ``at_least`` beyond the costs' noise.
+        factor: the lower bound, the baseline's cost at its best quality over the model's
+            cost at its cheapest point that is better than that beyond the noise; None
+            when no model point is.
+        baseline: the baseline's best-quality point.
+        model: the model's point the bound uses.
+        at_least: the speed-up the outcome tests.
+        note: why there is no bound, when there is none.
+        one_seed: a point has no standard error (of its quality or its cost).
+    """
+
+    outcome: Outcome
+    factor: float | None
+    baseline: FrontierPoint | None
+    model: FrontierPoint | None
+    at_least: float
+    note: str = ""
+    one_seed: bool = False
+
+    @property
+    def measured(self) -> str:
+        if self.factor is None or self.baseline is None or self.model is None:
+            return f"no lower bound ({self.note})"
+
+        def cost(p: FrontierPoint) -> str:
+            return str(Estimate(p.cost, p.cost_se))
+
+        return (
+            f">= {self.factor:.2f}x (the baseline's best quality {self.baseline.quality} at "
+            f"{cost(self.baseline)} s; the model's cheapest point better than it "
+            f"{self.model.quality} at {cost(self.model)} s)"
+        )
+
+
+def speedup_lower_bound(
+    baseline: Sequence[FrontierPoint],
+    model: Sequence[FrontierPoint],
+    *,
+    better: Direction,
+    at_least: float = 1.0,
+    k: float = K,
+) -> SpeedUpBound:
+    """A lower bound on how many times cheaper ``model`` is than ``baseline`` at equal
+    quality, for when the model's frontier starts beyond the baseline's best quality
+    (where :func:`speedup_interval` finds no shared quality range).
+
+    The baseline never reaches the quality of the model's cheapest point that is better
+    than the baseline's best (by :func:`difference`, beyond k SE): to reach it the
+    baseline would need at least the cost of its best cell, assuming (as the frontier's
+    interpolation does) that no cheaper setting of the baseline beats its measured best.
+    So the speed-up there is at least baseline best cost / that point's cost.
+
+    Supported when that bound exceeds ``at_least`` beyond the costs' noise (baseline cost
+    - at_least * model cost > k * sqrt(se_b^2 + at_least^2 se_m^2)); inconclusive
+    otherwise: a bound at or below ``at_least`` says nothing against the model. Also
+    inconclusive (no bound) when no model point is better beyond the noise, and when a
+    quality or a cost has no standard error.
+
+    Args:
+        baseline: the baseline's cells (e.g. MDLM's).
+        model: the candidate's cells.
+        better: which way the quality improves (``"lower"`` for the oracle NLL).
+        at_least: the speed-up the outcome tests.
+        k: standard errors a difference must exceed to be real.
+
+    Returns:
+        A :class:`SpeedUpBound`.
+    """
+    if not baseline or not model:
+        return SpeedUpBound("inconclusive", None, None, None, at_least, note="no cells")
+    sign = 1.0 if better == "higher" else -1.0
+    # the best quality; among equals, the cheapest
+    best = max(baseline, key=lambda c: (sign * c.quality.mean, -c.cost))
+    if any(c.quality.se is None for c in (best, *model)):
+        note = f"{ONE_SEED}: 'better beyond the noise' is undecidable"
+        return SpeedUpBound("inconclusive", None, best, None, at_least, note=note, one_seed=True)
+    clearly = [
+        c
+        for c in model
+        if difference(c.quality, best.quality, claim=better, k=k).outcome == "supported"
+    ]
+    if not clearly:
+        note = f"no model point better than the baseline's best by more than {k:g} SE"
+        return SpeedUpBound("inconclusive", None, best, None, at_least, note=note)
+    point = min(clearly, key=lambda c: c.cost)
+    factor = best.cost / point.cost
+    se = _quadrature(best.cost_se, None if point.cost_se is None else at_least * point.cost_se)
+    if se is None:
+        return SpeedUpBound("inconclusive", factor, best, point, at_least, one_seed=True)
+    beyond = best.cost - at_least * point.cost > k * se
+    outcome: Outcome = "supported" if beyond else "inconclusive"
+    return SpeedUpBound(outcome, factor, best, point, at_least)
+
+
 # ----------------------------------------------------------------------------- combining
 
 
@@ -698,12 +800,13 @@ def verdict(
 
 
 def frontier_points(rows: list[dict[str, Any]], *, model: str, column: str) -> list[FrontierPoint]:
-    """(seconds per sample, quality ``column``) of ``model``'s rows that have both."""
+    """(seconds per sample with its standard error, quality ``column``) of ``model``'s rows
+    that have both."""
     points = []
     for r in rows:
-        quality = Estimate.of(r, column)
-        if r["model"] == model and quality is not None and valid(r.get("seconds_per_sample")):
-            points.append(FrontierPoint(float(r["seconds_per_sample"]), quality))
+        quality, cost = Estimate.of(r, column), Estimate.of(r, "seconds_per_sample")
+        if r["model"] == model and quality is not None and cost is not None:
+            points.append(FrontierPoint(cost.mean, quality, cost.se))
     return points
 
 
