@@ -299,3 +299,12 @@ def test_gap_closed_is_the_share_of_the_gap_to_the_bound_with_its_noise():
     assert 0 < half.se < 0.05
     assert gap_closed(mdlm, Estimate(3.2), bound).mean == pytest.approx(-0.2)  # worse: < 0
     assert gap_closed(mdlm, Estimate(2.5), Estimate(2.99, 0.01)) is None  # no gap beyond noise
+
+
+def test_a_difference_below_the_margin_is_no_claim_either_way():
+    # 0.055 apart with noise 2 * 0.0185 = 0.037: real without a margin, no claim with 0.1
+    a, b = Estimate(-0.363, 0.014), Estimate(-0.308, 0.012)
+    assert difference(a, b, claim="higher").outcome == "not supported"
+    assert difference(a, b, claim="higher", margin=0.1).outcome == "inconclusive"
+    assert difference(b, a, claim="higher", margin=0.1).outcome == "inconclusive"
+    assert difference(Estimate(1.0, 0.01), b, claim="higher", margin=0.1).outcome == "supported"

@@ -199,19 +199,25 @@ class Difference:
         )
 
 
-def difference(a: Estimate, b: Estimate, *, claim: Direction, k: float = K) -> Difference:
+def difference(
+    a: Estimate, b: Estimate, *, claim: Direction, k: float = K, margin: float = 0.0
+) -> Difference:
     """Tests the claim "``a`` is ``claim`` than ``b``" (directional).
 
     With d = a - b and the noise n = k * sqrt(se_a^2 + se_b^2), for ``claim="lower"``:
-    supported when d < -n; not supported when d > n (clearly the other way);
-    inconclusive when |d| <= n or either side has no standard error. ``"higher"``
-    mirrors it.
+    supported when d < -(n + margin); not supported when d > n + margin (clearly the
+    other way); inconclusive otherwise or when either side has no standard error.
+    ``"higher"`` mirrors it. ``margin`` is the smallest effect that counts: the sampling
+    noise over seeds does not include the noise of training (two runs of the same recipe
+    train different models), so a difference smaller than the margin is no claim either
+    way, however small its standard error.
 
     Args:
         a: the estimate the claim is about.
         b: the one it is compared with.
         claim: ``"lower"`` or ``"higher"``.
         k: standard errors a difference must exceed to be real.
+        margin: the smallest difference that counts, in the measure's units.
 
     Returns:
         A :class:`Difference`.
@@ -222,8 +228,9 @@ def difference(a: Estimate, b: Estimate, *, claim: Direction, k: float = K) -> D
         return Difference("inconclusive", claim, d, None)
     noise = k * se
     toward = -d if claim == "lower" else d  # > 0: the claimed way
+    bar = noise + margin
     outcome: Outcome = (
-        "supported" if toward > noise else "not supported" if toward < -noise else "inconclusive"
+        "supported" if toward > bar else "not supported" if toward < -bar else "inconclusive"
     )
     return Difference(outcome, claim, d, noise)
 
@@ -479,7 +486,7 @@ class SpeedUpInterval:
             return f"no shared quality range ({self.note})"
 
         def x(v: float | None) -> str:
-            return "-" if v is None else f"{v:.2f}x"
+            return "?" if v is None else f"{v:.2f}x"  # ?: the shifted frontiers share no quality
 
         lo, hi = min(self.levels), max(self.levels)
         interval = f"no interval ({ONE_SEED})" if self.one_seed else f"{x(self.low)}-{x(self.high)}"
