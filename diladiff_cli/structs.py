@@ -8,11 +8,29 @@ names the key and the source.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from typing import Any, Literal, Union
 
 from diladiff_cli.errors import RecipeError
+
+
+class FieldError(ValueError):
+    """A ``__post_init__`` check that failed on one field.
+
+    :func:`build_dataclass` prefixes ``key`` with the dataclass's own dotted key, so the
+    message names the whole path (``mdlm.train.log_every must be at least 1, got 0``).
+
+    Args:
+        key: the field, dotted below the dataclass that checks it (``model.two_times``).
+        reason: what is wrong, value included (``must be at least 1, got 0``).
+    """
+
+    def __init__(self, key: str, reason: str) -> None:
+        super().__init__(f"{key} {reason}")
+        self.key = key
+        self.reason = reason
 
 
 def _type_name(tp: Any) -> str:
@@ -36,9 +54,10 @@ def _convert(value: Any, tp: Any, key: str, file: str) -> Any:
         args = typing.get_args(tp)
         if value is None and type(None) in args:
             return None
-        for arg in args:
-            if arg is type(None):
-                continue
+        options = [arg for arg in args if arg is not type(None)]
+        if len(options) == 1:  # `X | None`: X's own error, naming the key inside X
+            return _convert(value, options[0], key, file)
+        for arg in options:
             try:
                 return _convert(value, arg, key, file)
             except RecipeError:
@@ -81,14 +100,19 @@ def _convert(value: Any, tp: Any, key: str, file: str) -> Any:
             return value
         raise _type_error(value, tp, key, file)
     if tp is float:
+        number = None
         if isinstance(value, int | float) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):  # PyYAML (YAML 1.1) reads `1e-3` as a string
+            number = float(value)
+        elif isinstance(value, str):  # PyYAML (YAML 1.1) reads `1e-3` as a string
             try:
-                return float(value)
+                number = float(value)
             except ValueError:
                 pass
-        raise _type_error(value, tp, key, file)
+        if number is None:
+            raise _type_error(value, tp, key, file)
+        if not math.isfinite(number):  # no setting means anything at nan or inf
+            raise RecipeError(f"{file}: {key}: expected a finite number, got {value!r}")
+        return number
     if tp is str:
         if isinstance(value, str):
             return value
@@ -97,7 +121,10 @@ def _convert(value: Any, tp: Any, key: str, file: str) -> Any:
 
 
 def _type_error(value: Any, tp: Any, key: str, file: str) -> RecipeError:
-    return RecipeError(f"{file}: {key}: expected {_type_name(tp)}, got {value!r}")
+    shown = repr(value)
+    if len(shown) > 80:  # a whole mapping given where a number goes: its start is enough
+        shown = shown[:77] + "..."
+    return RecipeError(f"{file}: {key}: expected {_type_name(tp)}, got {shown}")
 
 
 def build_dataclass(cls: type, raw: dict, prefix: str, file: str) -> Any:
@@ -117,6 +144,9 @@ def build_dataclass(cls: type, raw: dict, prefix: str, file: str) -> Any:
             raise RecipeError(f"{file}: missing required key '{key}'")
     try:
         return cls(**kwargs)
+    except FieldError as err:  # __post_init__ validation of one field
+        key = f"{prefix}.{err.key}" if prefix else err.key
+        raise RecipeError(f"{file}: {key} {err.reason}") from None
     except (ValueError, TypeError) as err:  # __post_init__ validation
         raise RecipeError(f"{file}: {prefix or 'recipe'}: {err}") from None
 

@@ -1,8 +1,10 @@
 """Strict YAML recipes -> frozen dataclasses.
 
 A recipe is one YAML file; each top-level section configures one stage. The
-loader is strict: an unknown key, a wrong type or a missing required field is a
-:class:`RecipeError` naming the key and the file. ``--set a.b=c`` overrides are
+loader is strict: an unknown key, a wrong type, a missing required field or a value
+that cannot work (a NaN, zero heads, a probability above 1: each dataclass's
+``__post_init__``) is a one-line :class:`RecipeError` naming the full dotted key, the
+value and the file, before any stage starts. ``--set a.b=c`` overrides are
 applied to the raw mapping before validation, so they obey the same rules.
 
 A recipe may start from another one: a top-level ``extends: <path>`` (relative to
@@ -62,7 +64,7 @@ from diladiff_cli.config.stages import (
 )
 from diladiff_cli.config.train import TrainConfig
 from diladiff_cli.errors import RecipeError
-from diladiff_cli.structs import build_dataclass, to_dict
+from diladiff_cli.structs import FieldError, build_dataclass, to_dict
 
 __all__ = [
     "AEStageConfig",
@@ -120,6 +122,15 @@ class Recipe:
     pareto: ParetoConfig = field(default_factory=ParetoConfig)  # `pareto`
     prior: PriorStageConfig | None = None  # `train-prior` (stage 2, LaDiff)
     distill: DistillStageConfig = field(default_factory=DistillStageConfig)  # `distill` (stage 3)
+
+    def __post_init__(self) -> None:
+        for stage in ("mdlm", "ae", "judge", "prior", "distill"):
+            section = getattr(self, stage)
+            if section is not None and section.train.steps < 1:
+                raise FieldError(
+                    f"{stage}.train.steps",
+                    f"must be at least 1, got {section.train.steps} (the run would train nothing)",
+                )
 
 
 def default_recipe_path() -> Path:

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from diladiff_cli.config._checks import at_least, fields_in, not_empty
+from diladiff_cli.structs import FieldError
+
 
 @dataclass(frozen=True)
 class OracleConfig:
@@ -32,20 +35,14 @@ class OracleConfig:
     """Share of every emission spread uniformly over the whole lexicon of its word class."""
 
     def __post_init__(self) -> None:
-        if self.num_documents < 2:
-            raise ValueError(f"num_documents must be at least 2, got {self.num_documents}")
-        if not 1 <= self.num_topics <= 8:
-            raise ValueError(f"num_topics must be in [1, 8], got {self.num_topics}")
-        if self.num_scenes < 1:
-            raise ValueError(f"num_scenes must be at least 1, got {self.num_scenes}")
-        if min(self.zipf, self.function_zipf) < 0 or self.concentration <= 0:
-            raise ValueError(
-                "zipf and function_zipf must be >= 0 and concentration > 0, got "
-                f"{self.zipf}, {self.function_zipf}, {self.concentration}"
-            )
-        for name in ("transition_floor", "emission_floor"):
-            if not 0.0 < getattr(self, name) < 1.0:
-                raise ValueError(f"{name} must be in (0, 1), got {getattr(self, name)}")
+        at_least(self, 2, "num_documents")
+        at_least(self, 1, "num_topics", "num_scenes")
+        if self.num_topics > 8:
+            raise FieldError("num_topics", f"must be in [1, 8], got {self.num_topics}")
+        at_least(self, 0, "seed")
+        fields_in(self, "zipf", "function_zipf", ge=0.0)
+        fields_in(self, "concentration", gt=0.0)
+        fields_in(self, "transition_floor", "emission_floor", gt=0.0, lt=1.0)
 
 
 @dataclass(frozen=True)
@@ -76,10 +73,10 @@ class CorpusConfig:
     """``source: oracle`` only: the process and how many documents to draw."""
 
     def __post_init__(self) -> None:
-        if not 0.0 < self.valid_fraction < 1.0:
-            raise ValueError(f"valid_fraction must be in (0, 1), got {self.valid_fraction}")
-        if self.max_documents is not None and self.max_documents < 2:
-            raise ValueError(f"max_documents must be at least 2, got {self.max_documents}")
+        not_empty(self, "source", "name", "text_field", "train_split", "valid_split")
+        fields_in(self, "valid_fraction", gt=0.0, lt=1.0)
+        if self.max_documents is not None:
+            at_least(self, 2, "max_documents")
 
 
 @dataclass(frozen=True)
@@ -94,8 +91,9 @@ class TokenizerConfig:
     ``<|endoftext|>`` and ``[MASK]`` (at least 258: 256 bytes + 2 specials)."""
 
     def __post_init__(self) -> None:
-        if self.name is None and self.vocab_size < 258:
-            raise ValueError(f"vocab_size must be at least 258, got {self.vocab_size}")
+        not_empty(self, "name")
+        if self.name is None:
+            at_least(self, 258, "vocab_size")
 
 
 @dataclass(frozen=True)
@@ -114,7 +112,6 @@ class DataConfig:
     """Worker processes for ``datasets`` map/filter (use many for OWT)."""
 
     def __post_init__(self) -> None:
-        if self.seq_len < 3:
-            raise ValueError(f"seq_len must be at least 3 (BOS, a token, EOS), got {self.seq_len}")
-        if self.num_proc < 1:
-            raise ValueError(f"num_proc must be at least 1, got {self.num_proc}")
+        at_least(self, 3, "seq_len")  # BOS, a token, EOS
+        at_least(self, 1, "num_proc")
+        not_empty(self, "out")

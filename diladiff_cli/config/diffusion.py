@@ -6,6 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from diladiff_cli.config._checks import fields_in, unit_interval
+
 Schedule = Literal["linear", "cosine"]
 Prediction = Literal["x0", "eps", "v"]
 Solver = Literal["euler", "heun", "dopri5"]
@@ -29,8 +31,7 @@ class FlowConfig:
     t_min: float = 1e-3
 
     def __post_init__(self) -> None:
-        if not 0 < self.t_min < 0.5:
-            raise ValueError(f"t_min must be in (0, 0.5), got {self.t_min}")
+        fields_in(self, "t_min", gt=0.0, lt=0.5)
 
 
 @dataclass(frozen=True)
@@ -43,8 +44,8 @@ class TimeSamplingConfig:
     std: float = 1.0
 
     def __post_init__(self) -> None:
-        if self.std <= 0:
-            raise ValueError(f"std must be positive, got {self.std}")
+        fields_in(self, "mean")
+        fields_in(self, "std", gt=0.0)
 
 
 @dataclass(frozen=True)
@@ -66,10 +67,9 @@ class TimePairConfig:
     equal_share: float = 0.75
 
     def __post_init__(self) -> None:
-        if self.std <= 0:
-            raise ValueError(f"std must be positive, got {self.std}")
-        if not 0 <= self.equal_share <= 1:
-            raise ValueError(f"equal_share must be in [0, 1], got {self.equal_share}")
+        fields_in(self, "mean")
+        fields_in(self, "std", gt=0.0)
+        unit_interval(self, "equal_share")
 
 
 @dataclass(frozen=True)
@@ -81,5 +81,5 @@ class AdaptiveWeightConfig:
     c: float = 1e-3
 
     def __post_init__(self) -> None:
-        if self.p < 0 or self.c <= 0:
-            raise ValueError(f"need p >= 0 and c > 0, got p={self.p}, c={self.c}")
+        fields_in(self, "p", ge=0.0)
+        fields_in(self, "c", gt=0.0)

@@ -5,7 +5,16 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from diladiff_cli.config._checks import (
+    all_at_least,
+    at_least,
+    distinct,
+    fields_in,
+    not_empty,
+    number,
+)
 from diladiff_cli.config.stages import MINILM, Model, Selection
+from diladiff_cli.structs import FieldError
 
 ORACLE_SCORER = "oracle"  # eval.scorer.name of the exact scorer (oracle corpora only)
 EosPolicy = Literal["strip", "truncate"]
@@ -28,10 +37,12 @@ class ScorerConfig:
     context: int = 0  # window length in scorer tokens; 0 = the model's maximum (gpt2: 1024)
 
     def __post_init__(self) -> None:
-        if self.batch_size < 1:
-            raise ValueError(f"batch_size must be at least 1, got {self.batch_size}")
+        not_empty(self, "name")
+        at_least(self, 1, "batch_size")
         if self.context != 0 and self.context < 2:
-            raise ValueError(f"context must be 0 (the model's) or at least 2, got {self.context}")
+            raise FieldError(
+                "context", f"must be 0 (the model's) or at least 2, got {self.context}"
+            )
 
 
 @dataclass(frozen=True)
@@ -51,6 +62,17 @@ class MauveConfig:
     kmeans_redo: int = 5
     kmeans_max_iter: int = 500
 
+    def __post_init__(self) -> None:
+        not_empty(self, "features")
+        at_least(self, 1, "max_length", "batch_size", "kmeans_redo", "kmeans_max_iter")
+        at_least(self, 0, "seed")
+        if self.num_clusters == 1 or self.num_clusters < 0:  # one cluster: MAUVE is always 1
+            raise FieldError(
+                "num_clusters", f"must be 0 (auto) or at least 2, got {self.num_clusters}"
+            )
+        fields_in(self, "scaling", gt=0.0)
+        fields_in(self, "explained_variance", gt=0.0, le=1.0)
+
 
 @dataclass(frozen=True)
 class BertScoreConfig:
@@ -59,6 +81,10 @@ class BertScoreConfig:
     model: str = MINILM
     num_layers: int = 6
     batch_size: int = 64
+
+    def __post_init__(self) -> None:
+        not_empty(self, "model")
+        at_least(self, 1, "num_layers", "batch_size")
 
 
 @dataclass(frozen=True)
@@ -72,6 +98,9 @@ class EvalConfig:
     reference_split: Literal["valid", "train"] = "valid"
     reference_seed: int = 0  # which blocks of the split are the references
     num_references: int = 0  # 0 = as many as there are samples
+
+    def __post_init__(self) -> None:
+        at_least(self, 0, "reference_seed", "num_references")
 
 
 @dataclass(frozen=True)
@@ -87,11 +116,14 @@ class GridConfig:
     distill: tuple[str, ...] = ("",)  # distillation objective/schedule labels (diladiff only)
 
     def __post_init__(self) -> None:
+        not_empty(self, "name")
         for name in ("models", "ndisc", "ncont", "selection", "temperature", "distill"):
             if not getattr(self, name):
-                raise ValueError(f"grid '{self.name}': {name} is empty")
-        if min(self.ndisc) < 1 or min(self.ncont) < 0 or min(self.temperature) <= 0:
-            raise ValueError(f"grid '{self.name}': need ndisc >= 1, ncont >= 0, temperature > 0")
+                raise FieldError(name, "must not be empty")
+        all_at_least("ndisc", self.ndisc, 1)
+        all_at_least("ncont", self.ncont, 0)
+        for i, temperature in enumerate(self.temperature):
+            number(f"temperature[{i}]", temperature, gt=0.0)
 
 
 @dataclass(frozen=True)
@@ -113,9 +145,15 @@ class ParetoConfig:
     baseline: str = "mdlm"  # the headline compares every other model with this one
 
     def __post_init__(self) -> None:
-        if self.num_samples < 2 or self.batch_size < 1:
-            raise ValueError("num_samples must be >= 2 and batch_size >= 1")
+        not_empty(self, "out", "work_dir", "baseline")
+        for model, path in self.checkpoints.items():
+            if not path.strip():
+                raise FieldError(f"checkpoints.{model}", f"must not be empty, got {path!r}")
         if not self.grids:
-            raise ValueError("grids is empty")
-        if not self.seeds or len(set(self.seeds)) != len(self.seeds):
-            raise ValueError(f"seeds must be distinct and not empty, got {list(self.seeds)}")
+            raise FieldError("grids", "must not be empty")
+        at_least(self, 2, "num_samples")
+        at_least(self, 1, "batch_size")
+        distinct("seeds", self.seeds)
+        all_at_least("seeds", self.seeds, 0)
+        fields_in(self, "top_p", gt=0.0, le=1.0)
+        fields_in(self, "frontier_temperature", gt=0.0)

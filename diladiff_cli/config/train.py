@@ -6,6 +6,9 @@ import math
 from dataclasses import dataclass
 from typing import Literal
 
+from diladiff_cli.config._checks import at_least, fields_in, number, unit_interval
+from diladiff_cli.structs import FieldError
+
 Precision = Literal["fp32", "bf16", "fp16"]
 
 
@@ -34,10 +37,23 @@ class TrainConfig:
     compile: bool = False  # torch.compile the model (CUDA; falls back to eager on failure)
 
     def __post_init__(self) -> None:
-        if self.steps < 0 or self.batch_size < 1 or self.micro_batch_size < 0:
-            raise ValueError("steps must be >= 0, batch_size >= 1, micro_batch_size >= 0")
-        if not 0.0 <= self.ema < 1.0:
-            raise ValueError("ema must be in [0, 1)")
+        # steps = 0 writes the initial weights in the stage's format (the benchmark inputs
+        # do); a recipe refuses it (Recipe.__post_init__).
+        at_least(self, 0, "steps", "micro_batch_size", "warmup_steps", "eval_every", "seed")
+        at_least(self, 1, "batch_size", "log_every", "ckpt_every", "eval_batches")
+        # Whatever the world size, the global batch splits into whole micro-batches only
+        # if micro_batch_size divides it.
+        if self.micro_batch_size and self.batch_size % self.micro_batch_size:
+            raise FieldError(
+                "micro_batch_size",
+                f"must divide batch_size={self.batch_size}, got {self.micro_batch_size}",
+            )
+        fields_in(self, "lr", gt=0.0)
+        fields_in(self, "weight_decay", "grad_clip", ge=0.0)
+        for i, beta in enumerate(self.betas):
+            number(f"betas[{i}]", beta, ge=0.0, lt=1.0)
+        unit_interval(self, "min_lr_ratio")
+        fields_in(self, "ema", ge=0.0, lt=1.0)
 
     def lr_at(self, step: int) -> float:
         """Learning rate for optimizer step ``step`` (0-based)."""
