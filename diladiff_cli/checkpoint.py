@@ -8,7 +8,10 @@
   scalars in ``state.json``.
 
 Every write is atomic: a temporary file (or directory) is renamed into place, so an
-interrupted write never leaves a half-written checkpoint behind.
+interrupted write never leaves a half-written checkpoint behind; the temporaries a
+killed writer leaves are removed by the next run (:func:`remove_orphans`). A write
+the environment refuses raises :class:`~diladiff_cli.files.OutputError` (one line);
+a file that cannot be read as a checkpoint raises :class:`CheckpointError`.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ import torch
 
 from diladiff_cli import __version__
 from diladiff_cli.errors import CheckpointError
-from diladiff_cli.files import atomic_write_bytes
+from diladiff_cli.files import atomic_write_bytes, remove_temporaries, write_synced, writing
 
 META_KEY = "diladiff"
 
@@ -87,8 +90,15 @@ def save_weights(path: str | Path, tensors: dict[str, torch.Tensor], meta: Check
 def read_meta(path: str | Path) -> CheckpointMeta:
     """Read only the metadata of a weights file (cheap: no tensors are loaded)."""
     path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"{path} is a directory, not a checkpoint")
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        with path.open("rb"):  # an unreadable file is not a foreign one: say which it is
+            pass
+    except OSError as err:
+        raise CheckpointError(f"cannot read {path}: {err.strerror or err}") from None
     try:
         with safetensors.safe_open(str(path), framework="pt") as fh:
             raw = (fh.metadata() or {}).get(META_KEY)
@@ -98,14 +108,22 @@ def read_meta(path: str | Path) -> CheckpointMeta:
         ) from None
     if raw is None:
         raise CheckpointError(f"{path} is a safetensors file without diladiff metadata")
-    doc = json.loads(raw)
-    return CheckpointMeta(
-        stage=doc["stage"],
-        step=int(doc["step"]),
-        config=doc["config"],
-        extra=doc.get("extra", {}),
-        versions=doc.get("versions", {}),
-    )
+    try:
+        doc = json.loads(raw)
+    except ValueError:
+        raise CheckpointError(f"{path}: its diladiff metadata is not valid JSON") from None
+    try:
+        return CheckpointMeta(
+            stage=str(doc["stage"]),
+            step=int(doc["step"]),
+            config=dict(doc["config"]),
+            extra=dict(doc.get("extra", {})),
+            versions=dict(doc.get("versions", {})),
+        )
+    except (KeyError, TypeError, ValueError, AttributeError) as err:
+        raise CheckpointError(
+            f"{path}: malformed diladiff metadata ({type(err).__name__}: {err})"
+        ) from None
 
 
 def load_checkpoint(path: str | Path, *, stage: str | Iterable[str]) -> Checkpoint:
@@ -121,7 +139,11 @@ def load_checkpoint(path: str | Path, *, stage: str | Iterable[str]) -> Checkpoi
         raise CheckpointError(
             f"{path} is a '{meta.stage}' checkpoint, expected {' or '.join(repr(s) for s in stages)}"
         )
-    tensors = safetensors.torch.load_file(str(path), device="cpu")
+    try:
+        tensors = safetensors.torch.load_file(str(path), device="cpu")
+    except Exception as err:  # safetensors' own error types (a truncated copy...)
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise CheckpointError(f"{path}: unreadable tensors ({reason})") from None
     return Checkpoint(tensors=tensors, meta=meta, path=path)
 
 
@@ -195,24 +217,32 @@ def save_train_state(weights_path: str | Path, state: TrainState) -> None:
         "opt_scalars": opt_scalars,
         "info": state.info,
     }
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
-    try:
-        safetensors.torch.save_file(_contiguous(tensors), str(tmp / "state.safetensors"))
-        (tmp / "state.json").write_text(json.dumps(doc))
-        old = final.with_name(final.name + ".old")
-        if final.exists():
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(final, old)
-        os.replace(tmp, final)
-        shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    # Serialised in memory (like the weights) rather than with save_file, whose I/O
+    # failures are not OSErrors: a full disk must read as one.
+    data = safetensors.torch.save(_contiguous(tensors))
+    old = final.with_name(final.name + ".old")
+    with writing(final):
+        final.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
+        try:
+            write_synced(tmp / "state.safetensors", data)
+            write_synced(tmp / "state.json", json.dumps(doc).encode())
+            if final.exists():
+                shutil.rmtree(old, ignore_errors=True)
+                os.replace(final, old)
+            os.replace(tmp, final)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def load_train_state(weights_path: str | Path) -> TrainState | None:
-    """The resume state beside ``weights_path``, or ``None`` when there is none."""
+    """The resume state beside ``weights_path``, or ``None`` when there is none.
+
+    Raises:
+        CheckpointError: the state is there but unreadable (one line naming it).
+    """
     final = state_dir(weights_path)
     if not (final / "state.json").is_file():
         old = final.with_name(final.name + ".old")  # killed between the two renames
@@ -222,24 +252,46 @@ def load_train_state(weights_path: str | Path) -> TrainState | None:
     try:
         doc = json.loads((final / "state.json").read_text())
         tensors = safetensors.torch.load_file(str(final / "state.safetensors"))
-    except Exception as err:
-        raise CheckpointError(f"unreadable resume state in {final}: {err}") from None
-    groups: dict[str, dict[str, torch.Tensor]] = {"model": {}, "ema": {}, "rng": {}}
-    opt_state: dict[int, dict[str, Any]] = {}
-    for name, tensor in tensors.items():
-        kind, rest = name.split(".", 1)
-        if kind == "opt":
-            idx, key = rest.split(".", 1)
-            opt_state.setdefault(int(idx), {})[key] = tensor
-        else:
-            groups[kind][rest] = tensor
-    for idx, scalars in doc["opt_scalars"].items():
-        opt_state.setdefault(int(idx), {}).update(scalars)
-    return TrainState(
-        step=int(doc["step"]),
-        model=groups["model"],
-        ema=groups["ema"],
-        optimizer={"state": opt_state, "param_groups": doc["param_groups"]},
-        rng=groups["rng"],
-        info=doc["info"],
-    )
+        groups: dict[str, dict[str, torch.Tensor]] = {"model": {}, "ema": {}, "rng": {}}
+        opt_state: dict[int, dict[str, Any]] = {}
+        for name, tensor in tensors.items():
+            kind, rest = name.split(".", 1)
+            if kind == "opt":
+                idx, key = rest.split(".", 1)
+                opt_state.setdefault(int(idx), {})[key] = tensor
+            else:
+                groups[kind][rest] = tensor
+        for idx, scalars in doc["opt_scalars"].items():
+            opt_state.setdefault(int(idx), {}).update(scalars)
+        return TrainState(
+            step=int(doc["step"]),
+            model=groups["model"],
+            ema=groups["ema"],
+            optimizer={"state": opt_state, "param_groups": doc["param_groups"]},
+            rng=groups["rng"],
+            info=dict(doc["info"]),
+        )
+    except Exception as err:  # JSON, safetensors' own error types, missing keys
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise CheckpointError(
+            f"unreadable resume state in {final} ({reason}); pass --no-resume to start over"
+        ) from None
+
+
+def remove_orphans(weights_path: str | Path) -> list[Path]:
+    """Remove what runs killed mid-write left beside ``weights_path``: temporary copies
+    of the weights, temporary state directories, and a previous state that a finished
+    swap no longer needs (kept when it is the only state: :func:`load_train_state`
+    resumes from it). Only safe while holding the output's lock.
+
+    Returns:
+        The paths removed.
+    """
+    final = state_dir(weights_path)
+    removed = remove_temporaries(weights_path) + remove_temporaries(final, suffix="")
+    old = final.with_name(final.name + ".old")
+    if old.exists() and (final / "state.json").is_file():
+        with writing(old):
+            shutil.rmtree(old)
+        removed.append(old)
+    return removed

@@ -10,6 +10,12 @@ functions of (seed, s), independent of the number of processes and of
 accumulation; dropout draws from the torch RNG, whose state is saved with every
 checkpoint. A run killed at any point and resumed therefore ends with the same
 weights as an uninterrupted one (on the same device type and process count).
+
+One writer per output: the main process holds ``<out>.lock`` for the whole run, so
+a second run on the same output is refused before any work, and it removes what runs
+killed mid-write left (temporary weights and state directories, a torn last line of
+the metrics log). A full disk or a read-only output stops the run with one line; the
+previous checkpoint stays whole.
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ import hashlib
 import json
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -36,12 +42,21 @@ from diladiff_cli.checkpoint import (
     load_into,
     load_train_state,
     read_meta,
+    remove_orphans,
     save_train_state,
     save_weights,
 )
 from diladiff_cli.config.train import Precision, TrainConfig
 from diladiff_cli.distributed import Runtime, all_reduce_mean
 from diladiff_cli.errors import CheckpointError, DiladiffError, TrainingDiverged
+from diladiff_cli.files import (
+    OutputError,
+    atomic_write_text,
+    check_output,
+    remove_temporaries,
+    writing,
+)
+from diladiff_cli.locks import output_lock
 from diladiff_cli.objective import Batch, Objective, StepContext
 
 # Train-config keys that may change between a run and its resumption.
@@ -265,101 +280,152 @@ def train(
 
     Raises:
         TrainingDiverged: the loss became NaN/inf; the last good checkpoint is kept.
-        CheckpointError: ``out`` holds a run of another config.
+        CheckpointError: ``out`` holds a run of another config, or a checkpoint could
+            not be written (the previous one is kept).
+        DiladiffError: ``out`` is a directory or below a file, or another run is
+            writing it (refused before any step).
     """
     out = Path(out)
     reporter = reporter or NullReporter()
     fingerprint = config_fingerprint(meta.config)
     micro, accum = _micro_batches(cfg, runtime.world_size)
-
     model.to(runtime.device)
     base = model
-    params = [p for p in base.parameters() if p.requires_grad]
-    if not params:
-        raise DiladiffError("the model has no trainable parameters")
-    fused = runtime.device.type == "cuda"
-    optimizer = torch.optim.AdamW(
-        params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay, fused=fused or None
-    )
-    ema_model = copy.deepcopy(base).eval().requires_grad_(False) if cfg.ema > 0 else None
-
     if resume and _is_complete(out, meta.stage, fingerprint, cfg.steps):
+        # only read, without the lock: a finished output on a read-only disk is still done
         reporter.log(f"{out} is complete ({cfg.steps} steps): nothing to do")
         return TrainResult(step=cfg.steps, resumed_from=cfg.steps, skipped=True)
-    state = load_train_state(out) if resume else None
-    if state is not None:
-        start = _restore(state, out, fingerprint, base, ema_model, optimizer, runtime, cfg.steps)
-    else:
-        start = 0
-        torch.manual_seed(cfg.seed + runtime.rank)
-    net = _wrap(base, cfg, runtime, reporter, find_unused_parameters)
-    scaler = torch.amp.GradScaler(enabled=precision == "fp16" and runtime.device.type == "cuda")
+    with _claim(out, runtime, reporter):
+        params = [p for p in base.parameters() if p.requires_grad]
+        if not params:
+            raise DiladiffError("the model has no trainable parameters")
+        fused = runtime.device.type == "cuda"
+        optimizer = torch.optim.AdamW(
+            params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay, fused=fused or None
+        )
+        ema_model = copy.deepcopy(base).eval().requires_grad_(False) if cfg.ema > 0 else None
 
-    log_file = metrics_path(out)
-    if runtime.is_main:
-        _truncate_log(log_file, start)
+        state = load_train_state(out) if resume else None
+        if state is not None:
+            start = _restore(
+                state, out, fingerprint, base, ema_model, optimizer, runtime, cfg.steps
+            )
+        else:
+            start = 0
+            torch.manual_seed(cfg.seed + runtime.rank)
+        net = _wrap(base, cfg, runtime, reporter, find_unused_parameters)
+        scaler = torch.amp.GradScaler(enabled=precision == "fp16" and runtime.device.type == "cuda")
 
-    def checkpoint(step: int) -> None:
+        log_file = metrics_path(out)
         if runtime.is_main:
-            _save(out, meta, step, base, ema_model, optimizer, runtime, fingerprint)
-        if on_checkpoint is not None:
-            on_checkpoint(step)
+            _truncate_log(log_file, start)
+        saved = start  # the step of the resume state on disk
 
-    order = _Order(len(train_data), cfg.batch_size, cfg.seed)
-    net.train()
-    reporter.start(total=cfg.steps, done=start, description=f"train {meta.stage}")
-    t0 = time.perf_counter()
-    last: dict[str, float] = {}
-    valid: dict[str, float] = {}
-    try:
-        for step in range(start, cfg.steps):
-            lr = cfg.lr_at(step)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            idx = order.indices(step)
-            micro_metrics = [
-                _backward(net, objective, train_data, idx, step, a, micro, accum,
-                          cfg, runtime, precision, scaler)
-                for a in range(accum)
-            ]  # fmt: skip
-            grad_norm = _optimizer_step(params, optimizer, scaler, cfg.grad_clip, runtime.device)
-            if ema_model is not None:
-                _update_ema(ema_model, base, cfg.ema)
-            done = step + 1
-            is_log = done % cfg.log_every == 0 or done == cfg.steps
-            is_ckpt = done % cfg.ckpt_every == 0 or done == cfg.steps
-            if is_log or is_ckpt:
-                metrics = _step_metrics(micro_metrics, grad_norm, lr, done, out, runtime)
-                last = metrics
-                if is_log and runtime.is_main:
-                    _append_log(log_file, {"step": done, "split": "train", **metrics})
-                reporter.update(step=done, metrics=metrics)
-            if valid_data is not None and cfg.eval_every and done % cfg.eval_every == 0:
-                valid = _validate(ema_model or base, objective, valid_data, cfg, runtime, precision)
-                if runtime.is_main:
-                    _append_log(log_file, {"step": done, "split": "valid", **valid})
-                reporter.log(f"step {done} valid " + _fmt(valid))
-            if is_ckpt:
-                checkpoint(done)
-    finally:
-        reporter.stop()
-    seconds = time.perf_counter() - t0
-    if valid_data is not None and (not cfg.eval_every or cfg.steps % cfg.eval_every):
-        valid = _validate(ema_model or base, objective, valid_data, cfg, runtime, precision)
+        def checkpoint(step: int) -> None:
+            nonlocal saved
+            if runtime.is_main:
+                try:
+                    _save(out, meta, step, base, ema_model, optimizer, runtime, fingerprint)
+                except OutputError as err:  # the writes are atomic: the previous one is whole
+                    then = (
+                        f"run it again to resume from step {saved}"
+                        if saved
+                        else "no checkpoint yet"
+                    )
+                    raise CheckpointError(f"{err}; stopped at step {step}, {then}") from err
+            saved = step
+            if on_checkpoint is not None:
+                on_checkpoint(step)
+
+        order = _Order(len(train_data), cfg.batch_size, cfg.seed)
+        net.train()
+        reporter.start(total=cfg.steps, done=start, description=f"train {meta.stage}")
+        t0 = time.perf_counter()
+        last: dict[str, float] = {}
+        valid: dict[str, float] = {}
+        try:
+            for step in range(start, cfg.steps):
+                lr = cfg.lr_at(step)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                idx = order.indices(step)
+                micro_metrics = [
+                    _backward(net, objective, train_data, idx, step, a, micro, accum,
+                              cfg, runtime, precision, scaler)
+                    for a in range(accum)
+                ]  # fmt: skip
+                grad_norm = _optimizer_step(
+                    params, optimizer, scaler, cfg.grad_clip, runtime.device
+                )
+                if ema_model is not None:
+                    _update_ema(ema_model, base, cfg.ema)
+                done = step + 1
+                is_log = done % cfg.log_every == 0 or done == cfg.steps
+                is_ckpt = done % cfg.ckpt_every == 0 or done == cfg.steps
+                if is_log or is_ckpt:
+                    metrics = _step_metrics(micro_metrics, grad_norm, lr, done, out, runtime)
+                    last = metrics
+                    if is_log and runtime.is_main:
+                        _append_log(log_file, {"step": done, "split": "train", **metrics})
+                    reporter.update(step=done, metrics=metrics)
+                if valid_data is not None and cfg.eval_every and done % cfg.eval_every == 0:
+                    valid = _validate(
+                        ema_model or base, objective, valid_data, cfg, runtime, precision
+                    )
+                    if runtime.is_main:
+                        _append_log(log_file, {"step": done, "split": "valid", **valid})
+                    reporter.log(f"step {done} valid " + _fmt(valid))
+                if is_ckpt:
+                    checkpoint(done)
+        finally:
+            reporter.stop()
+        seconds = time.perf_counter() - t0
+        if valid_data is not None and (not cfg.eval_every or cfg.steps % cfg.eval_every):
+            valid = _validate(ema_model or base, objective, valid_data, cfg, runtime, precision)
+            if runtime.is_main:
+                _append_log(log_file, {"step": cfg.steps, "split": "valid", **valid})
+        if start == cfg.steps:
+            checkpoint(cfg.steps)  # the state was complete but the weights file was not
+        ran = cfg.steps - start
+        return TrainResult(
+            step=cfg.steps,
+            resumed_from=start,
+            skipped=False,
+            train_metrics=last,
+            valid_metrics=valid,
+            seconds=seconds,
+            examples_per_second=ran * cfg.batch_size / seconds if ran and seconds > 0 else 0.0,
+        )
+
+
+@contextlib.contextmanager
+def _claim(out: Path, runtime: Runtime, reporter: Reporter) -> Iterator[None]:
+    """Hold ``out`` for the run: refuse an output that could never be written, take its
+    lock (on the main process, the only one that writes it) and remove what killed runs
+    of it left. Every process learns of a refusal, so that none waits for the others at
+    its first collective."""
+    with contextlib.ExitStack() as held:
+        refusal: Exception | None = None
+        removed: list[Path] = []
         if runtime.is_main:
-            _append_log(log_file, {"step": cfg.steps, "split": "valid", **valid})
-    if start == cfg.steps:
-        checkpoint(cfg.steps)  # the state was complete but the weights file was not
-    ran = cfg.steps - start
-    return TrainResult(
-        step=cfg.steps,
-        resumed_from=start,
-        skipped=False,
-        train_metrics=last,
-        valid_metrics=valid,
-        seconds=seconds,
-        examples_per_second=ran * cfg.batch_size / seconds if ran and seconds > 0 else 0.0,
-    )
+            try:
+                check_output(out)
+                held.enter_context(output_lock(out))
+                # m.pt and m.bin share m.metrics.jsonl: it needs a lock of its own
+                held.enter_context(output_lock(metrics_path(out)))
+                removed = remove_orphans(out) + remove_temporaries(metrics_path(out))
+            except Exception as err:  # raised below, once the other processes know
+                refusal = err
+        if runtime.distributed:
+            flag = torch.tensor(float(refusal is not None), device=runtime.device)
+            if all_reduce_mean(flag).item() > 0 and refusal is None:
+                refusal = DiladiffError(f"the main process refused the output {out}")
+        if refusal is not None:
+            raise refusal
+        if removed:
+            names = ", ".join(p.name for p in removed)
+            reporter.log(f"removed what an interrupted run of {out} left: {names}")
+        yield
 
 
 def _micro_batches(cfg: TrainConfig, world: int) -> tuple[int, int]:
@@ -575,21 +641,47 @@ def _fmt(metrics: dict[str, float]) -> str:
 
 
 def _append_log(path: Path, record: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a") as fh:
-        fh.write(json.dumps(record) + "\n")
+    with writing(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("a") as fh:
+            fh.write(json.dumps(record) + "\n")
 
 
 def _truncate_log(path: Path, step: int) -> None:
-    """Drop log records past ``step`` (written after the checkpoint a resume starts from)."""
+    """Drop log records past ``step`` (written after the checkpoint a resume starts
+    from) and a torn last line (a run stopped mid-write by a full disk or a kill).
+
+    Raises:
+        DiladiffError: a line before the last one is not a record: the log is corrupt,
+            not torn, and is left for the user to look at.
+    """
     if not path.exists():
         return
     if step == 0:
-        path.unlink()
+        with writing(path):
+            path.unlink()
         return
-    keep = [
-        line
-        for line in path.read_text().splitlines()
-        if line.strip() and json.loads(line).get("step", 0) <= step
-    ]
-    path.write_text("".join(line + "\n" for line in keep))
+    with writing(path):
+        text = path.read_text(errors="replace")
+    lines = [(n, line) for n, line in enumerate(text.splitlines(), 1) if line.strip()]
+    keep = []
+    for i, (n, line) in enumerate(lines):
+        record = _log_record(line)
+        if record is None:
+            if i == len(lines) - 1:
+                break  # the write that never finished
+            raise DiladiffError(
+                f"{path} line {n} is not a JSON record: the metrics log is corrupt; "
+                f"move it away to resume with a new one"
+            )
+        if record.get("step", 0) <= step:
+            keep.append(line)
+    atomic_write_text(path, "".join(line + "\n" for line in keep))
+
+
+def _log_record(line: str) -> dict[str, Any] | None:
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return None
+    return record if isinstance(record, dict) else None
