@@ -17,14 +17,18 @@ The result is cached under ``DataConfig.out``::
     out/tokenizer/   the tokenizer (``AutoTokenizer.from_pretrained`` loads it)
     out/train.npy    (N, seq_len) blocks: uint16 if the vocabulary fits, else int32
     out/valid.npy
-    out/meta.json    :class:`DataInfo` plus the fingerprint of the inputs
+    out/meta.json    :class:`DataInfo`, the fingerprint of the inputs, and the size and
+                     checksum of every file above (see :func:`file_checksum`)
 
 The blocks are plain ``.npy`` files, memory-mapped when read, so training needs
 only numpy: the GPU machines have no ``datasets`` (nor pyarrow), and uint16
 halves the size of OWT's 9 B tokens against Arrow's int32.
 
 All of it is built in a staging directory and renamed into place, ``meta.json``
-last, so an interrupted run never leaves a cache that looks valid.
+last, so an interrupted run never leaves a cache that looks valid. A cache is reused
+only when its fingerprint matches the config and its files still have the size and
+checksum recorded when they were written: a truncated or replaced ``train.npy`` is
+built again, not trained on.
 """
 
 from __future__ import annotations
@@ -50,10 +54,14 @@ from diladiff_cli import hub
 from diladiff_cli.config.data import CorpusConfig, DataConfig
 from diladiff_cli.errors import DiladiffError
 from diladiff_cli.files import atomic_write_json
+from diladiff_cli.locks import output_lock
 from diladiff_cli.oracle import ORACLE_FILE, ORACLE_VERSION, build_oracle, load_oracle, text_of
 from diladiff_cli.structs import from_dict
 
 PACKING_VERSION = 1  # bump when the block layout changes: invalidates every cache
+FULL_CHECKSUM_BYTES = 1 << 28  # files up to 256 MiB: sha256 of every byte when reused
+SAMPLED_CHUNKS = 64  # larger files: sha256 of 64 evenly spaced chunks (file_checksum)
+CHECKSUM_CHUNK_BYTES = 1 << 20
 PACK_BATCH_DOCS = 1000  # documents per map batch (each batch drops its own remainder)
 COPY_BATCH_BLOCKS = 65536  # blocks per read when copying the map output to .npy
 EOS_TOKEN = "<|endoftext|>"  # the trained BPE's BOS = EOS, as in GPT-2
@@ -97,7 +105,7 @@ class DataInfo:
     corpus: str
     """Human-readable description of the corpus and its split."""
     reused: bool = False
-    """True when ``prepare`` found an up-to-date cache and did nothing."""
+    """True when ``prepare`` found an up-to-date, intact cache and did nothing."""
 
 
 @dataclass(frozen=True)
@@ -658,6 +666,74 @@ def _write_npy(blocks: Any, path: Path, *, vocab_size: int) -> None:
     del array
 
 
+def file_checksum(path: str | Path) -> str:
+    """A checksum of a prepared file that is affordable at OpenWebText scale.
+
+    Up to :data:`FULL_CHECKSUM_BYTES` (the tiny data, OWT's ``valid.npy``): the sha256
+    of every byte. Beyond (OWT's ``train.npy``, ~18 GB): the sha256 of the size and of
+    :data:`SAMPLED_CHUNKS` chunks of 1 MiB spread evenly from the first byte to the
+    last. That reads 64 MiB whatever the size, where a full hash would read the whole
+    file on every reuse (minutes); with the size it catches what damages such files in
+    practice (a truncated copy, a full disk, a file of other data or another header put
+    in its place) but not a flipped byte between two chunks.
+
+    Returns:
+        ``"sha256:<hex>"`` or ``"sampled-sha256:<hex>"``.
+    """
+    path = Path(path)
+    size = path.stat().st_size
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        if size <= FULL_CHECKSUM_BYTES:
+            for chunk in iter(lambda: fh.read(CHECKSUM_CHUNK_BYTES), b""):
+                digest.update(chunk)
+            return f"sha256:{digest.hexdigest()}"
+        digest.update(str(size).encode())
+        last = size - CHECKSUM_CHUNK_BYTES
+        for k in range(SAMPLED_CHUNKS):
+            fh.seek(k * last // (SAMPLED_CHUNKS - 1))  # the last chunk ends at the last byte
+            digest.update(fh.read(CHECKSUM_CHUNK_BYTES))
+    return f"sampled-sha256:{digest.hexdigest()}"
+
+
+def _file_records(root: Path, parts: tuple[str, ...]) -> dict[str, dict[str, Any]]:
+    """The size and checksum of every file of ``parts`` under ``root`` (a part may be a
+    directory: the tokenizer), by path relative to ``root``."""
+    files = []
+    for part in parts:
+        path = root / part
+        files += sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    return {
+        p.relative_to(root).as_posix(): {"size": p.stat().st_size, "checksum": file_checksum(p)}
+        for p in files
+    }
+
+
+def _damage(out: Path, parts: tuple[str, ...]) -> str | None:
+    """What is wrong with the prepared files in ``out`` against the sizes and checksums
+    ``meta.json`` recorded when they were written; None when they are intact."""
+    try:
+        files = json.loads((out / "meta.json").read_text()).get("files")
+    except (OSError, ValueError, AttributeError):
+        return "meta.json is unreadable"
+    if not isinstance(files, dict) or not files:
+        return "meta.json records no file checksums (an older version wrote it)"
+    if not set(parts) <= {name.split("/")[0] for name in files}:
+        return "meta.json does not record every file"
+    for name, recorded in files.items():
+        path = out / name
+        if not isinstance(recorded, dict):
+            return f"meta.json has no record of {name}"
+        if not path.is_file():
+            return f"{name} is missing"
+        size = path.stat().st_size
+        if size != recorded.get("size"):
+            return f"{name} is {size} bytes, {recorded.get('size')} when written"
+        if file_checksum(path) != recorded.get("checksum"):
+            return f"{name} does not match its checksum"
+    return None
+
+
 def prepare(cfg: DataConfig, *, progress: Progress | None = None) -> DataInfo:
     """Build (or reuse) the tokenizer and the packed train / valid blocks.
 
@@ -667,7 +743,9 @@ def prepare(cfg: DataConfig, *, progress: Progress | None = None) -> DataInfo:
 
     Returns:
         The :class:`DataInfo`, with ``reused=True`` if ``cfg.out`` already held
-        blocks with the same fingerprint (then nothing is written).
+        blocks with the same fingerprint whose files still match the sizes and
+        checksums in its ``meta.json`` (then nothing is written). Damaged blocks are
+        built again.
 
     Raises:
         DiladiffError: a missing or empty corpus, an unloadable tokenizer or
@@ -688,82 +766,97 @@ def prepare(cfg: DataConfig, *, progress: Progress | None = None) -> DataInfo:
         except DiladiffError:
             info = None
         if info is not None and info.fingerprint == fingerprint:
-            say(f"reusing prepared data in {out} (fingerprint {fingerprint})")
-            return dataclasses.replace(info, reused=True)
+            damage = _damage(out, parts)
+            if damage is None:
+                say(f"reusing prepared data in {out} (fingerprint {fingerprint})")
+                return dataclasses.replace(info, reused=True)
+            say(f"not reusing the prepared data in {out}: {damage}; building it again")
 
     # the top-most directory this call creates: a failed first run removes it again
     created = next((p for p in reversed((out, *out.parents)) if not p.exists()), None)
     out.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=out))
     try:
-        train_docs, valid_docs, desc = _load_corpus(cfg, corpus, staging, say)
-        if corpus.kind == "oracle":
-            say("training the oracle's BPE on its lexicon (one token per word)")
-            tokenizer = _train_oracle_bpe(staging, vocab_size=cfg.tokenizer.vocab_size)
-        elif named is None:
-            say(
-                f"training a byte-level BPE (vocab {cfg.tokenizer.vocab_size}) on {len(train_docs)} documents"
-            )
-            batches = (b["text"] for b in train_docs.iter(batch_size=PACK_BATCH_DOCS))
-            tokenizer = train_bpe(
-                batches, vocab_size=cfg.tokenizer.vocab_size, length=len(train_docs)
-            )
-        else:
-            tokenizer = named
-        _save_tokenizer(tokenizer, staging / "tokenizer", trained=named is None)
-        vocab_size, mask_id, bos_id, eos_id = special_ids(tokenizer)
+        # One writer per data directory (<out>.lock beside it, released by the OS if the
+        # run dies); under it, what runs killed mid-build left is removed first.
+        with output_lock(out):
+            for orphan in out.glob(".staging-*"):
+                say(f"removing {orphan}, left by an interrupted prepare")
+                shutil.rmtree(orphan, ignore_errors=True)
+            staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=out))
+            try:
+                train_docs, valid_docs, desc = _load_corpus(cfg, corpus, staging, say)
+                if corpus.kind == "oracle":
+                    say("training the oracle's BPE on its lexicon (one token per word)")
+                    tokenizer = _train_oracle_bpe(staging, vocab_size=cfg.tokenizer.vocab_size)
+                elif named is None:
+                    say(
+                        f"training a byte-level BPE (vocab {cfg.tokenizer.vocab_size}) on {len(train_docs)} documents"
+                    )
+                    batches = (b["text"] for b in train_docs.iter(batch_size=PACK_BATCH_DOCS))
+                    tokenizer = train_bpe(
+                        batches, vocab_size=cfg.tokenizer.vocab_size, length=len(train_docs)
+                    )
+                else:
+                    tokenizer = named
+                _save_tokenizer(tokenizer, staging / "tokenizer", trained=named is None)
+                vocab_size, mask_id, bos_id, eos_id = special_ids(tokenizer)
 
-        counts = {}
-        for split, docs in zip(SPLITS, (train_docs, valid_docs), strict=True):
-            say(f"packing {split}: {len(docs)} documents into blocks of {cfg.seq_len} tokens")
-            blocks = _pack(
-                docs,
-                tokenizer=tokenizer,
-                cfg=cfg,
-                bos_id=bos_id,
-                eos_id=eos_id,
-                cache=staging / "map-cache" / f"{split}.arrow",
-            )
-            if len(blocks) == 0:
-                raise DiladiffError(
-                    f"the {split} split of {cfg.corpus.source} is shorter than one block of "
-                    f"{cfg.seq_len} tokens"
+                counts = {}
+                for split, docs in zip(SPLITS, (train_docs, valid_docs), strict=True):
+                    say(
+                        f"packing {split}: {len(docs)} documents into blocks of {cfg.seq_len} tokens"
+                    )
+                    blocks = _pack(
+                        docs,
+                        tokenizer=tokenizer,
+                        cfg=cfg,
+                        bos_id=bos_id,
+                        eos_id=eos_id,
+                        cache=staging / "map-cache" / f"{split}.arrow",
+                    )
+                    if len(blocks) == 0:
+                        raise DiladiffError(
+                            f"the {split} split of {cfg.corpus.source} is shorter than one block of "
+                            f"{cfg.seq_len} tokens"
+                        )
+                    _write_npy(blocks, staging / f"{split}.npy", vocab_size=vocab_size)
+                    counts[split] = len(blocks)
+
+                info = DataInfo(
+                    out_dir=str(out),
+                    fingerprint=fingerprint,
+                    seq_len=cfg.seq_len,
+                    vocab_size=vocab_size,
+                    mask_id=mask_id,
+                    bos_id=bos_id,
+                    eos_id=eos_id,
+                    num_train_blocks=counts["train"],
+                    num_valid_blocks=counts["valid"],
+                    num_train_documents=len(train_docs),
+                    num_valid_documents=len(valid_docs),
+                    tokenizer_dir=str(out / "tokenizer"),
+                    corpus=desc,
                 )
-            _write_npy(blocks, staging / f"{split}.npy", vocab_size=vocab_size)
-            counts[split] = len(blocks)
-
-        info = DataInfo(
-            out_dir=str(out),
-            fingerprint=fingerprint,
-            seq_len=cfg.seq_len,
-            vocab_size=vocab_size,
-            mask_id=mask_id,
-            bos_id=bos_id,
-            eos_id=eos_id,
-            num_train_blocks=counts["train"],
-            num_valid_blocks=counts["valid"],
-            num_train_documents=len(train_docs),
-            num_valid_documents=len(valid_docs),
-            tokenizer_dir=str(out / "tokenizer"),
-            corpus=desc,
-        )
-        # Swap in the new parts; meta.json goes first and comes back last, so a
-        # crash in between leaves no cache that claims to be complete.
-        (out / "meta.json").unlink(missing_ok=True)
-        if corpus.kind != "oracle":  # a stale oracle must not score another corpus
-            (out / ORACLE_FILE).unlink(missing_ok=True)
-        for part in parts:
-            if (out / part).exists():
-                (out / part).rename(staging / f"old-{part}")
-            (staging / part).rename(out / part)
-        meta = dataclasses.asdict(info)
-        del meta["out_dir"], meta["reused"]
-        meta["tokenizer_dir"] = "tokenizer"  # relative: the directory can be moved
-        atomic_write_json(out / "meta.json", meta)
-        say(f"wrote {counts['train']} train / {counts['valid']} valid blocks to {out}")
-        return info
+                files = _file_records(staging, parts)  # what a reuse checks the files against
+                # Swap in the new parts; meta.json goes first and comes back last, so a
+                # crash in between leaves no cache that claims to be complete.
+                (out / "meta.json").unlink(missing_ok=True)
+                if corpus.kind != "oracle":  # a stale oracle must not score another corpus
+                    (out / ORACLE_FILE).unlink(missing_ok=True)
+                for part in parts:
+                    if (out / part).exists():
+                        (out / part).rename(staging / f"old-{part}")
+                    (staging / part).rename(out / part)
+                meta = dataclasses.asdict(info)
+                del meta["out_dir"], meta["reused"]
+                meta["tokenizer_dir"] = "tokenizer"  # relative: the directory can be moved
+                meta["files"] = files
+                atomic_write_json(out / "meta.json", meta)
+                say(f"wrote {counts['train']} train / {counts['valid']} valid blocks to {out}")
+                return info
+            finally:
+                shutil.rmtree(staging, ignore_errors=True)
     finally:
-        shutil.rmtree(staging, ignore_errors=True)
         if created is not None and not any(out.iterdir()):  # a failed first run leaves nothing
             for d in (out, *out.parents):
                 d.rmdir()
@@ -786,9 +879,10 @@ def load_data_info(out_dir: str | Path) -> DataInfo:
         raise DiladiffError(f"no prepared data at {out}: run `diladiff prepare` first")
     try:
         meta = json.loads(path.read_text())
+        meta.pop("files", None)  # checked by prepare, not part of DataInfo
         meta["tokenizer_dir"] = str(out / meta["tokenizer_dir"])
         return DataInfo(out_dir=str(out), **meta)
-    except (ValueError, TypeError, KeyError) as err:
+    except (ValueError, TypeError, KeyError, AttributeError) as err:
         raise DiladiffError(
             f"unreadable {path} ({_first_line(err)}): run `diladiff prepare` again"
         ) from err
@@ -815,14 +909,20 @@ def load_blocks(out_dir: str | Path, split: str) -> BlockDataset:
     """Open the ``"train"`` or ``"valid"`` blocks prepared in ``out_dir``.
 
     Raises:
-        DiladiffError: if ``prepare`` has not been run there.
+        DiladiffError: if ``prepare`` has not been run there, or the file is not a
+            whole ``.npy`` array (truncated).
     """
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     path = Path(out_dir) / f"{split}.npy"
     if not (Path(out_dir) / "meta.json").is_file() or not path.is_file():
         raise DiladiffError(f"no prepared data at {out_dir}: run `diladiff prepare` first")
-    return BlockDataset(path)
+    try:
+        return BlockDataset(path)
+    except (OSError, ValueError) as err:  # numpy: "mmap length is greater than file size"
+        raise DiladiffError(
+            f"{path} is damaged ({_first_line(err)}): run `diladiff prepare` again"
+        ) from None
 
 
 def decode_blocks(

@@ -289,8 +289,12 @@ def read_samples(path: str | Path) -> SampleFile:
     path = Path(path)
     if not path.is_file():
         raise DiladiffError(f"sample file not found: {path}")
+    try:
+        lines = path.read_text().splitlines()
+    except UnicodeDecodeError:  # a damaged file, or not a sample file at all
+        raise DiladiffError(f"{path} is not a text file of samples") from None
     rows = []
-    for n, line in enumerate(path.read_text().splitlines(), 1):
+    for n, line in enumerate(lines, 1):
         if not line.strip():
             continue
         try:

@@ -10,12 +10,17 @@ sampling seed (``pareto.seeds``): for each seed :func:`sample_cell` draws the sa
 and :class:`~diladiff_cli.evaluate.Evaluator` scores them; the result is cached as
 ``<out>/cells/<cell>-<hash>.json`` (its ``seed``, its ``row`` and the evaluation
 ``record``), the hash covering the cell, the seed and the other sampling settings, the
-checkpoint and the evaluation settings, so an interrupted sweep resumes where it
-stopped and a changed setting reruns only what it affects (samples are kept under
-``work_dir`` and reused when only the evaluation changed; a hybrid cell's latents are
-drawn once per seed). Each evaluation record (``<work_dir>/scores/<hash>.json``) and
-real-text floor (``<work_dir>/floors/``) is kept there too, so sweeps that share a
-work_dir and a cell (the experiments of one scale) score it once.
+content of the checkpoints (:class:`ContentHashes`), the prepared data's fingerprint
+and the evaluation settings with the scorer's content, so an interrupted sweep resumes
+where it stopped, a changed setting reruns only what it affects, and a retrained model
+(or judge) is sampled (or scored) again even when its stage, step and config are the
+old one's (samples are kept under ``work_dir`` and reused when only the evaluation
+changed; a hybrid cell's latents are drawn once per seed). Each evaluation record
+(``<work_dir>/scores/<hash>.json``) and real-text floor (``<work_dir>/floors/``) is
+kept there too, so sweeps that share a work_dir and a cell (the experiments of one
+scale) score it once; so are the checkpoints' hashes (``<work_dir>/hashes.json``).
+A cached file that cannot be read back whole (truncated, of another key, samples
+fewer than asked) is redone, never reused.
 
 Outputs under ``out``: ``pareto.csv`` (one row per cell: each measure's mean over the
 seeds and, in ``<measure>_se``, its standard error; see :func:`aggregate`),
@@ -32,18 +37,18 @@ import itertools
 import json
 import math
 import statistics
+import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from diladiff_cli.checkpoint import read_meta
 from diladiff_cli.config.evaluation import EvalConfig, ParetoConfig
 from diladiff_cli.config.train import Precision
 from diladiff_cli.data import load_data_info
 from diladiff_cli.distributed import Runtime
-from diladiff_cli.errors import CheckpointError, DiladiffError
-from diladiff_cli.evaluate import Evaluator, ReferenceFloor
+from diladiff_cli.errors import DiladiffError
+from diladiff_cli.evaluate import Evaluator, ReferenceFloor, read_samples, speed_from_meta
 from diladiff_cli.files import atomic_write_json, atomic_write_text
 from diladiff_cli.frontier import (
     CELL_COLUMNS,
@@ -58,6 +63,7 @@ from diladiff_cli.frontier import (
     write_markdown,
 )
 from diladiff_cli.judge import read_judge_record
+from diladiff_cli.latent_shards import file_sha256
 from diladiff_cli.plots import write_plots
 from diladiff_cli.sample import SampleSettings, generate, meta_path, write_samples
 from diladiff_cli.structs import to_dict
@@ -65,6 +71,8 @@ from diladiff_cli.train import Reporter
 
 SAMPLERS = ("mdlm", "ladiff", "diladiff", "ar", "bound")  # models sample_cell can draw from
 HYBRID = ("ladiff", "diladiff")  # latent first: they also need checkpoints["ae"]
+HASHES_FILE = "hashes.json"  # in work_dir: the checkpoints' sha256, by path and stat
+RACY_NS = 2_000_000_000  # coarser than any file system's timestamps (FAT: 2 s)
 
 
 # ----------------------------------------------------------------------------- cells
@@ -230,26 +238,97 @@ def _digest(payload: Any) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
-def _checkpoint_identity(path: str) -> dict[str, Any]:
-    """What identifies a checkpoint's weights: its metadata, else its size and time."""
+def _read_json(path: Path) -> Any:
+    """A JSON file's content; None when it is missing or cannot be read back whole."""
     try:
-        meta = read_meta(path)
-        return {"stage": meta.stage, "step": meta.step, "config": meta.config}
-    except CheckpointError:
-        stat = Path(path).stat()
-        return {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+        return json.loads(path.read_text())
+    except (OSError, ValueError):  # ValueError: truncated JSON, or bytes that are not text
+        return None
 
 
-def _scorer_identity(name: str) -> Any:
-    """What identifies the scorer's weights: a judge's record, the files of another
-    local directory, or a hub id's name (a retrained judge invalidates the cache)."""
+def _stat_key(path: Path) -> list[int]:
+    st = path.stat()
+    return [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
+
+
+class ContentHashes:
+    """What identifies a checkpoint: the sha256 of its bytes, each file hashed once.
+
+    A hash is kept for this process, and in ``memo`` (a JSON file) for later sweeps, by
+    the file's path, size, mtime, ctime and inode: a checkpoint of GBs is read once per
+    change, not once per sweep. A file modified within one timestamp tick of its hashing
+    could be rewritten again with the same stat, so its hash is only remembered in
+    ``memo`` if the file was ``RACY_NS`` old when hashed (git's "racily clean" rule);
+    fresh checkpoints are hashed again by the next sweep.
+
+    Args:
+        memo: the JSON file that remembers hashes between sweeps.
+    """
+
+    def __init__(self, *, memo: Path) -> None:
+        self.memo = memo
+        known = _read_json(memo)
+        self.known: dict[str, Any] = known if isinstance(known, dict) else {}
+        self.session: dict[str, Any] = {}
+        self.changed = False
+
+    def file(self, path: Path) -> str:
+        """The sha256 of one file."""
+        key, stat = str(path.resolve()), _stat_key(path)
+        for remembered in (self.session, self.known):
+            entry = remembered.get(key)
+            if isinstance(entry, dict) and entry.get("stat") == stat and "sha256" in entry:
+                return str(entry["sha256"])
+        started = time.time_ns()
+        digest = file_sha256(path)
+        if _stat_key(path) == stat:  # not replaced while it was read
+            self.session[key] = {"stat": stat, "sha256": digest}
+            if stat[1] < started - RACY_NS:
+                self.known[key] = self.session[key]
+                self.changed = True
+        return digest
+
+    def identity(self, path: str | Path) -> str | dict[str, str]:
+        """A weights file's sha256, or that of every file of a directory (a judge:
+        weights, config, tokenizer and ``judge.json``), by relative path."""
+        path = Path(path)
+        if path.is_dir():
+            files = sorted(p for p in path.rglob("*") if p.is_file())
+            return {str(p.relative_to(path)): self.file(p) for p in files}
+        return self.file(path)
+
+    def save(self) -> None:
+        """Write the remembered hashes to ``memo`` (when there are new ones)."""
+        if self.changed:
+            atomic_write_json(self.memo, self.known)
+            self.changed = False
+
+
+def _scorer_identity(name: str, hashes: ContentHashes) -> Any:
+    """What identifies the scorer's weights: the content of a local directory (a judge
+    retrained with the same settings invalidates the cache), else the hub id."""
     path = Path(name)
-    if not path.is_dir():
-        return name
-    record = read_judge_record(name)
-    if record is not None:
-        return record
-    return sorted((p.name, p.stat().st_size) for p in path.iterdir() if p.is_file())
+    return hashes.identity(path) if path.is_dir() else name
+
+
+def _row_of(cell: Cell, record: Any, *, seed: int) -> dict[str, Any] | None:
+    """The row of a cached evaluation record; None when the record is not one."""
+    try:
+        return make_row(cell, record, seed=seed)
+    except (KeyError, TypeError, AttributeError):
+        return None
+
+
+def _damaged_samples(path: Path, *, num_samples: int) -> str | None:
+    """Why a sample file (JSONL and its record) cannot be reused; None when it can."""
+    try:
+        found = read_samples(path)
+        speed_from_meta(found.meta, source=str(meta_path(path)))
+    except DiladiffError as err:
+        return str(err)
+    if len(found.tokens) != num_samples or found.meta.get("num_samples") != num_samples:
+        return f"{path} holds {len(found.tokens)} samples, not {num_samples}"
+    return None
 
 
 # ----------------------------------------------------------------------------- results
@@ -364,9 +443,9 @@ class _Sweep:
     out: Path
     work: Path
     checkpoints: dict[str, str]
-    identities: dict[str, Any]  # checkpoint key -> what identifies its weights
+    identities: dict[str, Any]  # checkpoint key -> its content (ContentHashes.identity)
     sampling: dict[str, Any]  # num_samples, batch_size, top_p (the seed: per call)
-    eval_id: dict[str, Any]  # evaluation settings, data, scorer weights
+    eval_id: dict[str, Any]  # evaluation settings, data fingerprint, scorer content
     runtime: Runtime
     precision: Precision
     evaluator: Evaluator
@@ -375,6 +454,7 @@ class _Sweep:
     def cell(self, cell: Cell, *, seed: int, tag: str) -> tuple[dict[str, Any], bool]:
         """One seed of a cell: read back when done before, else sampled (unless its
         samples exist) and scored (unless another sweep over the work_dir scored them).
+        A cached file that cannot be read back whole is redone, never reused.
 
         Returns:
             (the seed's row, whether it was done before).
@@ -383,32 +463,41 @@ class _Sweep:
             {"cell": asdict(cell), **self.sampling, "seed": seed,
              "checkpoint": self.identities[cell.checkpoint_key],
              "autoencoder": self.identities.get("ae") if cell.model in HYBRID else None,
-             "precision": self.precision}
+             "data": self.eval_id["data"], "precision": self.precision}
         )  # fmt: skip
         eval_key = _digest({"sample": sample_key, **self.eval_id})
         result_file = self.out / "cells" / f"{cell.name}-{eval_key}.json"
-        if result_file.is_file():  # the row is rebuilt: records outlive the columns
-            self.log(f"{tag}: done before")
-            return make_row(cell, json.loads(result_file.read_text())["record"], seed=seed), True
-        samples = self.work / "samples" / f"{cell.name}-{sample_key}.jsonl"
-        if not meta_path(samples).is_file():  # the record is written last
-            self.log(f"{tag}: sampling")
-            sample_cell(
-                cell,
-                checkpoint=self.checkpoints[cell.checkpoint_key],
-                autoencoder=self.checkpoints.get("ae"),
-                out=samples,
-                runtime=self.runtime,
-                precision=self.precision,
-                latent_cache=self.work / "latents",
-                seed=seed,
-                **self.sampling,
-            )
+        if result_file.exists():  # the row is rebuilt: records outlive the columns
+            payload = _read_json(result_file)
+            row = None
+            if isinstance(payload, dict) and payload.get("sample_key") == sample_key:
+                row = _row_of(cell, payload.get("record"), seed=seed)
+            if row is not None:
+                self.log(f"{tag}: done before")
+                return row, True
+            self.log(f"{tag}: {result_file} is damaged: redoing it")
         score_file = self.work / "scores" / f"{eval_key}.json"
-        if score_file.is_file():  # scored by another sweep over the same work_dir
+        record = _read_json(score_file)
+        if _row_of(cell, record, seed=seed) is not None:  # scored by another sweep
             self.log(f"{tag}: scored before")
-            record = json.loads(score_file.read_text())
         else:
+            samples = self.work / "samples" / f"{cell.name}-{sample_key}.jsonl"
+            fresh = not meta_path(samples).is_file()  # the record is written last
+            n = self.sampling["num_samples"]
+            damage = None if fresh else _damaged_samples(samples, num_samples=n)
+            if fresh or damage:
+                self.log(f"{tag}: sampling" + (f" again ({damage})" if damage else ""))
+                sample_cell(
+                    cell,
+                    checkpoint=self.checkpoints[cell.checkpoint_key],
+                    autoencoder=self.checkpoints.get("ae"),
+                    out=samples,
+                    runtime=self.runtime,
+                    precision=self.precision,
+                    latent_cache=self.work / "latents",
+                    seed=seed,
+                    **self.sampling,
+                )
             self.log(f"{tag}: evaluating")
             record = asdict(self.evaluator.evaluate(samples))
             atomic_write_json(score_file, record, indent=2)
@@ -436,18 +525,20 @@ class _Sweep:
         files = (self.out / "floor.json", self.work / "floors" / f"{key}.json")
         floor = None
         for file in files:
-            if file.is_file():
-                saved = json.loads(file.read_text())
-                if saved.get("key") == key:
+            saved = _read_json(file)
+            if isinstance(saved, dict) and saved.get("key") == key:
+                try:
                     floor = ReferenceFloor(**saved["floor"])
-                    break
+                except (KeyError, TypeError):  # damaged: computed again, rewritten below
+                    continue
+                break
         if floor is None:
             self.log("real-text floor")
             floor = self.evaluator.floor(num_references)
         # Compared as text first: a file that already holds this floor is left untouched.
         text = json.dumps({"key": key, "floor": asdict(floor)}, indent=2) + "\n"
         for file in files:
-            if not file.is_file() or file.read_text() != text:
+            if not file.is_file() or file.read_bytes() != text.encode():
                 atomic_write_text(file, text)
         return floor
 
@@ -481,20 +572,17 @@ def run_sweep(
     checkpoints = resolve_checkpoints(cells, cfg, judge=judge)
     info = load_data_info(data_dir)
     evaluator = Evaluator(cfg=eval_cfg, data_dir=data_dir, device=runtime.device, reporter=reporter)
+    hashes = ContentHashes(memo=Path(cfg.work_dir) / HASHES_FILE)
+    identities = {k: hashes.identity(p) for k, p in checkpoints.items()}  # "ar": a judge dir
+    scorer_id = _scorer_identity(eval_cfg.scorer.name, hashes)
+    hashes.save()
     sweep = _Sweep(
         out=Path(cfg.out),
         work=Path(cfg.work_dir),
         checkpoints=checkpoints,
-        identities={
-            k: _scorer_identity(p) if k == "ar" else _checkpoint_identity(p)  # a judge dir
-            for k, p in checkpoints.items()
-        },
+        identities=identities,
         sampling={k: getattr(cfg, k) for k in ("num_samples", "batch_size", "top_p")},
-        eval_id={
-            "eval": to_dict(eval_cfg),
-            "data": info.fingerprint,
-            "scorer": _scorer_identity(eval_cfg.scorer.name),
-        },
+        eval_id={"eval": to_dict(eval_cfg), "data": info.fingerprint, "scorer": scorer_id},
         runtime=runtime,
         precision=precision,
         evaluator=evaluator,

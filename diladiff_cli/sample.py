@@ -756,24 +756,40 @@ def _global_generator(device: torch.device) -> torch.Generator:
 
 
 def _latent_cache_file(directory: str | Path, sha: str, ncont: int, seed: int, size: int) -> Path:
+    """Where a batch of latents is kept: ``sha`` is the latent model's content (the
+    sha256 of its weights file) and the device, so a retrained prior or student never
+    reads the old one's latents."""
     return Path(directory) / f"{sha}-nc{ncont}-seed{seed}-n{size}.safetensors"
+
+
+def _latents_sha256(z: torch.Tensor) -> str:
+    """The sha256 of a latent tensor's bytes (its checksum in the cache file)."""
+    return hashlib.sha256(z.detach().cpu().contiguous().view(torch.uint8).numpy()).hexdigest()
 
 
 def _cached_latents(
     directory: str | Path | None, sha: str, ncont: int, seed: int, size: int
 ) -> tuple[torch.Tensor, float, int] | None:
-    """A batch of latents kept by :func:`_store_latents`, or None."""
+    """A batch of latents kept by :func:`_store_latents`, or None: also when the file
+    is damaged (unreadable, truncated, or its latents do not match their checksum),
+    so that they are drawn again and the file rewritten."""
     if directory is None:
         return None
     path = _latent_cache_file(directory, sha, ncont, seed, size)
     if not path.is_file():
         return None
-    from safetensors import safe_open
+    from safetensors import SafetensorError, safe_open
 
-    with safe_open(str(path), framework="pt") as f:
-        meta = f.metadata() or {}
-        z = f.get_tensor("latents")
-    return z, float(meta["seconds"]), int(meta["forward_passes"])
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            z = f.get_tensor("latents")
+        seconds, passes = float(meta["seconds"]), int(meta["forward_passes"])
+    except (SafetensorError, OSError, KeyError, ValueError):
+        return None
+    if z.shape[0] != size or meta.get("sha256") != _latents_sha256(z):
+        return None
+    return z, seconds, passes
 
 
 def _store_latents(
@@ -789,10 +805,15 @@ def _store_latents(
         return
     import safetensors.torch
 
-    meta = {"seconds": repr(float(seconds)), "forward_passes": str(int(passes))}
+    z = z.detach().cpu().contiguous()
+    meta = {
+        "seconds": repr(float(seconds)),
+        "forward_passes": str(int(passes)),
+        "sha256": _latents_sha256(z),
+    }
     path = _latent_cache_file(directory, sha, ncont, seed, z.shape[0])
     path.parent.mkdir(parents=True, exist_ok=True)
-    data = safetensors.torch.save({"latents": z.detach().cpu().contiguous()}, metadata=meta)
+    data = safetensors.torch.save({"latents": z}, metadata=meta)
     atomic_write_bytes(path, data)
 
 
