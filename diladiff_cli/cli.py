@@ -30,6 +30,7 @@ from diladiff_cli.config import (
     with_options,
 )
 from diladiff_cli.errors import DiladiffError
+from diladiff_cli.files import check_output
 from diladiff_cli.structs import to_dict
 
 app = typer.Typer(
@@ -233,6 +234,7 @@ def train_mdlm(
     )
     if dry_run:
         return _dry_run({"data": cfg.data, "mdlm": cfg.mdlm})
+    check_output(cfg.mdlm.out)  # before the data and the model load
     from diladiff_cli.mdlm import train_mdlm as run
 
     runtime = _runtime(device)
@@ -285,6 +287,7 @@ def train_ae(
     ae = require_section(cfg, "ae", "stage 1")
     if dry_run:
         return _dry_run({"data": cfg.data, "ae": ae})
+    check_output(ae.out)  # before the encoder and the base decoder load
     from diladiff_cli.ae import train_ae as run
 
     runtime = _runtime(device)
@@ -713,6 +716,7 @@ def train_prior(
     section = require_section(cfg, "prior", "stage 2")
     if dry_run:
         return _dry_run({"prior": section})
+    check_output(section.out)
     from diladiff_cli.prior import train_prior as run
 
     runtime = _runtime(device)
@@ -776,6 +780,7 @@ def distill(
     )
     if dry_run:
         return _dry_run({"distill": cfg.distill})
+    check_output(cfg.distill.out)  # before the teacher loads
     from diladiff_cli.prior import distill as run
 
     runtime = _runtime(device)
