@@ -542,6 +542,18 @@ class LoadedAutoencoder:
             )
         return self.encoder
 
+    def objective(self, latent: Literal["encoder", "null"] = "encoder") -> AutoencoderLoss:
+        """The training objective of this autoencoder (its schedule, mask and
+        augmentations; one state per block for the bound), e.g. to measure its NELBO."""
+        return AutoencoderLoss(
+            encoder=self.encoder,
+            schedule=self.schedule,
+            mask_id=self.mask_id,
+            augment=self.config.augment,
+            max_len=1 if self.is_bound else self.config.encoder.max_len,
+            latent=latent,
+        )
+
     def normalization(self) -> dict[str, Any]:
         """The latent normalisation as recorded in a latent index."""
         kind = self.model.latent_norm

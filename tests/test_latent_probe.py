@@ -12,7 +12,7 @@ import pytest
 import torch
 from _ae_tiny import ae_config, build_bert, build_mdlm
 
-from diladiff_cli.ae import AutoencoderLoss, load_autoencoder, train_ae
+from diladiff_cli.ae import load_autoencoder, train_ae
 from diladiff_cli.analysis.latent_probe import (
     BlockLabels,
     block_labels,
@@ -107,13 +107,7 @@ def test_block_nelbos_match_evaluate_on_full_batches(oracle_env):
     """With whole batches of 32 the per-block mean is ``train.evaluate``'s NELBO."""
     ae = oracle_env["ae"]
     data = ae.blocks(oracle_env["data"], "train")  # 30 blocks: repeat them to fill 32
-    objective = AutoencoderLoss(
-        encoder=ae.encoder,
-        schedule=ae.schedule,
-        mask_id=ae.mask_id,
-        augment=ae.config.augment,
-        max_len=ae.config.encoder.max_len,
-    )
+    objective = ae.objective()
 
     class Cycled:
         def __len__(self) -> int:
@@ -141,13 +135,7 @@ def test_another_blocks_topic_is_its_own_when_the_topics_agree(oracle_env):
     )
     idx = np.arange(len(data))
     other = np.roll(idx, -1)
-    objective = AutoencoderLoss(
-        encoder=None,
-        schedule=bound.schedule,
-        mask_id=bound.mask_id,
-        augment=bound.config.augment,
-        max_len=1,
-    )
+    objective = bound.objective()
     own = block_nelbos(bound.model, objective, data, idx)["nelbo"]
     swap = block_nelbos(bound.model, objective, data, idx, other=other)["nelbo"]
     same = data.topics(idx) == data.topics(other)

@@ -38,7 +38,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from diladiff_cli.ae import AutoencoderLoss, LoadedAutoencoder, decode_latents
+from diladiff_cli.ae import LoadedAutoencoder, decode_latents
 from diladiff_cli.diffusion.masked import MaskedDiffusionLoss, sample_masked
 from diladiff_cli.distributed import Runtime
 from diladiff_cli.encoder import TwoViewBlocks
@@ -75,14 +75,7 @@ def nelbo_table(
     common = dict(batch_size=BATCH, batches=batches, seed=0, runtime=runtime, precision="fp32")
     out = {}
     for name, latent in (("z", "encoder"), ("null", "null")):
-        objective = AutoencoderLoss(
-            encoder=ae.encoder,
-            schedule=ae.schedule,
-            mask_id=ae.mask_id,
-            augment=ae.config.augment,
-            max_len=ae.config.encoder.max_len,
-            latent=latent,
-        )
+        objective = ae.objective(latent)
         out[name] = evaluate(model=ae.model, objective=objective, data=valid, **common)["nelbo"]
     plain = MaskedDiffusionLoss(schedule=mdlm.schedule, mask_id=ae.mask_id)
     out["mdlm"] = evaluate(
@@ -361,13 +354,7 @@ def training_step_time(
     for p in model.parameters():
         p.requires_grad_(True)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-6)
-    objective = AutoencoderLoss(
-        encoder=ae.encoder,
-        schedule=ae.schedule,
-        mask_id=ae.mask_id,
-        augment=ae.config.augment,
-        max_len=ae.config.encoder.max_len,
-    )
+    objective = ae.objective()
     enc, full = [], []
     for s in range(steps):
         batch = data.batch(np.arange(s * BATCH, (s + 1) * BATCH))

@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from diladiff_cli.ae import AutoencoderLoss, LoadedAutoencoder
+from diladiff_cli.ae import LoadedAutoencoder
 from diladiff_cli.diffusion.masked import MaskedDiffusionLoss
 from diladiff_cli.encoder import OracleTopicBlocks
 from diladiff_cli.mdlm import LoadedMDLM, TokenBlocks
@@ -192,19 +192,10 @@ def compare_nelbo(
     shifted = np.roll(idx, -1)
     kw = dict(seed=seed, device=device)
 
-    def objective(loaded: LoadedAutoencoder) -> AutoencoderLoss:
-        return AutoencoderLoss(
-            encoder=loaded.encoder,
-            schedule=loaded.schedule,
-            mask_id=loaded.mask_id,
-            augment=loaded.config.augment,
-            max_len=1 if loaded.is_bound else loaded.config.encoder.max_len,
-        )
-
-    own = block_nelbos(ae.model, objective(ae), ae_data, idx, **kw)
-    swap = block_nelbos(ae.model, objective(ae), ae_data, idx, other=shifted, **kw)
-    b_own = block_nelbos(bound.model, objective(bound), topic_data, idx, **kw)
-    b_swap = block_nelbos(bound.model, objective(bound), topic_data, idx, other=shifted, **kw)
+    own = block_nelbos(ae.model, ae.objective(), ae_data, idx, **kw)
+    swap = block_nelbos(ae.model, ae.objective(), ae_data, idx, other=shifted, **kw)
+    b_own = block_nelbos(bound.model, bound.objective(), topic_data, idx, **kw)
+    b_swap = block_nelbos(bound.model, bound.objective(), topic_data, idx, other=shifted, **kw)
     per_block = {
         "ae_z": own["nelbo"],
         "ae_null": own["nelbo_null"],
