@@ -172,8 +172,23 @@ def gap_closed(
 # ----------------------------------------------------------------------------- rules
 
 
+class _Noisy:
+    """What every check with a ``noise`` (None without standard errors) shares."""
+
+    noise: float | None
+
+    @property
+    def one_seed(self) -> bool:
+        return self.noise is None
+
+
+def _with_noise(text: str, noise: float | None) -> str:
+    """``text``, then its noise in brackets when there is one."""
+    return text + ("" if noise is None else f" (noise {noise:.2g})")
+
+
 @dataclass(frozen=True)
-class Difference:
+class Difference(_Noisy):
     """What :func:`difference` found.
 
     Attributes:
@@ -189,14 +204,8 @@ class Difference:
     noise: float | None
 
     @property
-    def one_seed(self) -> bool:
-        return self.noise is None
-
-    @property
     def measured(self) -> str:
-        return f"{self.diff:+.3g}" + (
-            f" (noise {self.noise:.2g})" if self.noise is not None else ""
-        )
+        return _with_noise(f"{self.diff:+.3g}", self.noise)
 
 
 def difference(
@@ -236,7 +245,7 @@ def difference(
 
 
 @dataclass(frozen=True)
-class NotWorse:
+class NotWorse(_Noisy):
     """What :func:`not_worse` found.
 
     Attributes:
@@ -253,13 +262,8 @@ class NotWorse:
     noise: float | None
 
     @property
-    def one_seed(self) -> bool:
-        return self.noise is None
-
-    @property
     def measured(self) -> str:
-        noise = f" (noise {self.noise:.2g})" if self.noise is not None else ""
-        return f"excess {self.excess:+.3g}{noise}"
+        return _with_noise(f"excess {self.excess:+.3g}", self.noise)
 
 
 def not_worse(
@@ -302,7 +306,7 @@ def not_worse(
 
 
 @dataclass(frozen=True)
-class Equivalence:
+class Equivalence(_Noisy):
     """What :func:`equivalent` found.
 
     Attributes:
@@ -318,14 +322,8 @@ class Equivalence:
     noise: float | None
 
     @property
-    def one_seed(self) -> bool:
-        return self.noise is None
-
-    @property
     def measured(self) -> str:
-        return f"{self.diff:+.3g}" + (
-            f" (noise {self.noise:.2g})" if self.noise is not None else ""
-        )
+        return _with_noise(f"{self.diff:+.3g}", self.noise)
 
 
 def equivalent(a: Estimate, b: Estimate, *, margin: float, k: float = K) -> Equivalence:
@@ -349,7 +347,7 @@ def equivalent(a: Estimate, b: Estimate, *, margin: float, k: float = K) -> Equi
 
 
 @dataclass(frozen=True)
-class Trend:
+class Trend(_Noisy):
     """What :func:`monotone` found.
 
     Attributes:
@@ -373,14 +371,8 @@ class Trend:
     reversal_at: int | None = None
 
     @property
-    def one_seed(self) -> bool:
-        return self.noise is None
-
-    @property
     def measured(self) -> str:
-        text = f"change {self.change:+.3g}"
-        if self.noise is not None:
-            text += f" (noise {self.noise:.2g})"
+        text = _with_noise(f"change {self.change:+.3g}", self.noise)
         if self.reversal_at is not None:
             text += f", largest reversal {self.reversal:.2g} at step {self.reversal_at + 1}"
             if self.reversal_noise is not None:
