@@ -474,6 +474,28 @@ def _ae_decode(loaded: LoadedAutoencoder, settings: SampleSettings, precision: P
     return decode
 
 
+def _decoded_plan(
+    loaded: LoadedAutoencoder,
+    settings: SampleSettings,
+    precision: Precision,
+    *,
+    name: str,
+    draw: LatentDraw,
+    info: dict[str, Any],
+) -> _Plan:
+    """A plan whose latents ``draw`` makes and whose tokens the autoencoder's decoder
+    draws (mdlm on an autoencoder, ladiff, diladiff, bound)."""
+    return _Plan(
+        description=f"sample {name}",
+        num=settings.num_samples,
+        seq_len=loaded.seq_len,
+        tokenizer=loaded.decoder_tokenizer,
+        decode=_ae_decode(loaded, settings, precision),
+        draw=draw,
+        info=info,
+    )
+
+
 def _decoder_record(
     checkpoint: str | Path, loaded: LoadedAutoencoder, precision: Precision
 ) -> dict[str, Any]:
@@ -516,15 +538,7 @@ def _latent_plan(
         "latent_model": str(Path(latent_model).resolve()) if latent_model is not None else None,
         **_decoder_record(autoencoder, loaded, precision),
     }
-    return _Plan(
-        description=f"sample {name}",
-        num=settings.num_samples,
-        seq_len=loaded.seq_len,
-        tokenizer=loaded.decoder_tokenizer,
-        decode=_ae_decode(loaded, settings, precision),
-        draw=draw,
-        info=info,
-    )
+    return _decoded_plan(loaded, settings, precision, name=name, draw=draw, info=info)
 
 
 def _latent_draw(
@@ -655,15 +669,7 @@ def _bound_plan(
         **_decoder_record(checkpoint, loaded, precision),
         "topics": drawn,  # filled by draw() as the batch loop runs
     }
-    return _Plan(
-        description="sample bound",
-        num=settings.num_samples,
-        seq_len=loaded.seq_len,
-        tokenizer=loaded.decoder_tokenizer,
-        decode=_ae_decode(loaded, settings, precision),
-        draw=draw,
-        info=info,
-    )
+    return _decoded_plan(loaded, settings, precision, name="bound", draw=draw, info=info)
 
 
 def _ar_plan(
