@@ -118,7 +118,27 @@ class TwoViewBatch:
         )
 
 
-class TwoViewBlocks:
+class _BlockSplit:
+    """The first ``limit`` blocks of a prepared split, and their texts."""
+
+    def __init__(
+        self, *, data_dir: str | Path, split: str, decoder_tokenizer: Any, limit: int | None
+    ) -> None:
+        self.blocks = load_blocks(data_dir, split)
+        self.decoder_tokenizer = decoder_tokenizer
+        self.size = len(self.blocks) if limit is None else min(limit, len(self.blocks))
+
+    def __len__(self) -> int:
+        return self.size
+
+    def texts(self, indices: np.ndarray | list[int]) -> list[str]:
+        """The texts of blocks ``indices`` (special tokens dropped)."""
+        return decode_blocks(
+            self.decoder_tokenizer, self.blocks.tokens(indices), skip_special_tokens=True
+        )
+
+
+class TwoViewBlocks(_BlockSplit):
     """A prepared split as an ExampleSource of (block, encoder view of its text).
 
     Args:
@@ -140,20 +160,11 @@ class TwoViewBlocks:
         max_len: int,
         limit: int | None = None,
     ) -> None:
-        self.blocks = load_blocks(data_dir, split)
-        self.decoder_tokenizer = decoder_tokenizer
+        super().__init__(
+            data_dir=data_dir, split=split, decoder_tokenizer=decoder_tokenizer, limit=limit
+        )
         self.encoder_tokenizer = encoder_tokenizer
         self.max_len = max_len
-        self.size = len(self.blocks) if limit is None else min(limit, len(self.blocks))
-
-    def __len__(self) -> int:
-        return self.size
-
-    def texts(self, indices: np.ndarray | list[int]) -> list[str]:
-        """The texts of blocks ``indices`` (special tokens dropped)."""
-        return decode_blocks(
-            self.decoder_tokenizer, self.blocks.tokens(indices), skip_special_tokens=True
-        )
 
     def batch(self, indices: np.ndarray) -> TwoViewBatch:
         tokens = self.blocks.tokens(indices)  # (B, L)
@@ -249,7 +260,7 @@ def topic_statistics(prior: np.ndarray | list[float]) -> tuple[torch.Tensor, tor
     return p.float(), std.float()
 
 
-class OracleTopicBlocks:
+class OracleTopicBlocks(_BlockSplit):
     """A prepared split of an oracle corpus as an ExampleSource for the perfect-latent
     bound: each block with its "encoder states", the one-hot of its document's topic.
 
@@ -277,22 +288,17 @@ class OracleTopicBlocks:
         oracle: Oracle,
         limit: int | None = None,
     ) -> None:
-        self.blocks = load_blocks(data_dir, split)
-        self.decoder_tokenizer = decoder_tokenizer
+        super().__init__(
+            data_dir=data_dir, split=split, decoder_tokenizer=decoder_tokenizer, limit=limit
+        )
         self.oracle = oracle
-        self.size = len(self.blocks) if limit is None else min(limit, len(self.blocks))
         self._topics: dict[int, int] = {}
-
-    def __len__(self) -> int:
-        return self.size
 
     def topics(self, indices: np.ndarray | list[int]) -> np.ndarray:
         """``(B,)`` the topic of each block: argmax of the oracle's posterior."""
         missing = [int(b) for b in indices if int(b) not in self._topics]
         if missing:
-            texts = decode_blocks(
-                self.decoder_tokenizer, self.blocks.tokens(missing), skip_special_tokens=True
-            )
+            texts = self.texts(missing)
             posterior = self.oracle.score([words_of(t) for t in texts]).posterior  # (m, K)
             self._topics.update(zip(missing, posterior.argmax(1).tolist(), strict=True))
         return np.asarray([self._topics[int(b)] for b in indices], dtype=np.int64)
