@@ -57,7 +57,7 @@ from diladiff_cli.diffusion.masked import (
     TokenBatch,
     sample_masked,
 )
-from diladiff_cli.distributed import Runtime, barrier
+from diladiff_cli.distributed import Runtime, barrier, held_by_main
 from diladiff_cli.encoder import (
     CachedStates,
     EncoderView,
@@ -72,6 +72,7 @@ from diladiff_cli.errors import CheckpointError, DiladiffError
 from diladiff_cli.latent_shards import (
     file_sha256,
 )
+from diladiff_cli.locks import output_lock
 from diladiff_cli.mdlm import check_model_fits_data, load_mdlm
 from diladiff_cli.models.autoencoder import (
     Autoencoder,
@@ -420,10 +421,19 @@ def train_ae(
         resume=resume,
         reporter=reporter,
     )
-    if cfg.latent_norm == "stats" and runtime.is_main:
-        _store_latent_stats(
-            cfg, model=model, encoder=encoder, data=train_data, runtime=runtime, precision=precision
-        )
+    if cfg.latent_norm == "stats":
+        # The loop released the output's lock when it returned: hold it again, so that no
+        # other run writes the checkpoint between the read and the rewrite of the stats.
+        with held_by_main(output_lock(cfg.out), runtime, what=f"the output {cfg.out}"):
+            if runtime.is_main:
+                _store_latent_stats(
+                    cfg,
+                    model=model,
+                    encoder=encoder,
+                    data=train_data,
+                    runtime=runtime,
+                    precision=precision,
+                )
     barrier()
     return result
 
@@ -455,7 +465,8 @@ def _store_latent_stats(
     (EMA) weights and rewrite the checkpoint with them (skipped when already there).
 
     The checkpoint's config and step are unchanged, so the loop still recognises the
-    run as complete; ``extra["latent_stats"]`` marks the statistics as measured.
+    run as complete; ``extra["latent_stats"]`` marks the statistics as measured. The
+    caller holds the output's lock; the rewrite is atomic (``save_weights``).
     """
     ckpt = load_checkpoint(cfg.out, stage=STAGE)
     if ckpt.meta.extra.get("latent_stats"):

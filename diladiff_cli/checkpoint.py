@@ -102,10 +102,12 @@ def read_meta(path: str | Path) -> CheckpointMeta:
     try:
         with safetensors.safe_open(str(path), framework="pt") as fh:
             raw = (fh.metadata() or {}).get(META_KEY)
-    except Exception:  # safetensors raises its own error types for foreign files
-        raise CheckpointError(
-            f"{path} is not a diladiff checkpoint (not a safetensors file)"
-        ) from None
+    except Exception as err:  # safetensors raises its own error types for foreign files
+        # its reason tells a truncated copy ("file not fully covered") from a foreign file
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        reason = reason.removeprefix("Error while deserializing header: ")
+        what = "empty" if path.stat().st_size == 0 else f"not a whole safetensors file ({reason})"
+        raise CheckpointError(f"{path} is not a diladiff checkpoint: {what}") from None
     if raw is None:
         raise CheckpointError(f"{path} is a safetensors file without diladiff metadata")
     try:

@@ -3,7 +3,8 @@
 Each command parses its options, loads the recipe (the embedded default
 ``recipes/tiny/default.yaml`` when none is given) with its options applied as typed
 values (:func:`_load`), calls one core function and prints. User errors are one line
-on stderr and a non-zero exit, never a traceback.
+on stderr and a non-zero exit, never a traceback; so are click's own parse errors
+(exit code 2, pointing at ``--help``).
 """
 
 from __future__ import annotations
@@ -15,12 +16,18 @@ import sys
 from collections.abc import Callable
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, NoReturn, TypeVar
 
 import typer
 import yaml
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from typer.core import TyperGroup
+
+try:  # newer typers (0.29 here) vendor click as typer._click; older ones use click
+    from typer._click import exceptions as click_errors
+except ImportError:  # pragma: no cover
+    from click import exceptions as click_errors
 
 from diladiff_cli.config import (
     Recipe,
@@ -31,9 +38,47 @@ from diladiff_cli.config import (
 )
 from diladiff_cli.errors import DiladiffError
 from diladiff_cli.files import check_output
+from diladiff_cli.locks import output_lock
 from diladiff_cli.structs import to_dict
 
+err_console = Console(stderr=True)
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _fail(message: str, code: int) -> NoReturn:
+    err_console.print(f"error: {message}", markup=False, highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def _usage_error(err: click_errors.UsageError, *, path: str) -> NoReturn:
+    """click's own parse errors (a bad value, an unknown option, a missing argument) as
+    one line like every other error, instead of its usage box; ``--help`` shows that.
+    ``path``: the command whose help to point at when click does not say which."""
+    if isinstance(err, getattr(click_errors, "NoArgsIsHelpError", ())):
+        raise err  # the help text, as asked for (no arguments at all)
+    path = err.ctx.command_path if err.ctx is not None else path
+    _fail(f"{err.format_message()} (see '{path} --help')", err.exit_code)
+
+
+class _Group(TyperGroup):
+    """The app's group: parse errors of the group and of every subcommand pass through
+    its ``make_context`` (the group's options) or its ``invoke`` (a subcommand's)."""
+
+    def make_context(self, info_name: str | None, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return super().make_context(info_name, *args, **kwargs)
+        except click_errors.UsageError as err:
+            _usage_error(err, path=info_name or "diladiff")
+
+    def invoke(self, ctx: Any) -> Any:
+        try:
+            return super().invoke(ctx)
+        except click_errors.UsageError as err:
+            _usage_error(err, path=ctx.command_path)
+
+
 app = typer.Typer(
+    cls=_Group,
     name="diladiff",
     help="DiLaDiff: distilled latent-augmented diffusion for language modeling.\n\n"
     "Pipeline: prepare -> train-mdlm -> sample. Run any command without a recipe to "
@@ -43,8 +88,6 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
 )
-err_console = Console(stderr=True)
-F = TypeVar("F", bound=Callable[..., Any])
 
 
 class PrecisionOpt(str, Enum):
@@ -84,11 +127,6 @@ StepsOpt = Annotated[int | None, typer.Option(help="Optimizer steps (default: th
 ResumeOpt = Annotated[bool, typer.Option(help="Continue an interrupted run.")]
 DeviceOpt = Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")]
 PrecisionArg = Annotated[PrecisionOpt, typer.Option(help="Autocast precision.")]
-
-
-def _fail(message: str, code: int) -> None:
-    err_console.print(f"error: {message}", markup=False, highlight=False, soft_wrap=True)
-    raise typer.Exit(code)
 
 
 def handles_errors(fn: F) -> F:
@@ -498,23 +536,25 @@ def sample(
         explicit=frozenset(k for k, v in given.items() if v is not None),
         judge=cfg.judge.out,
     )
-    result = generate(
-        model=request.model,
-        checkpoint=request.checkpoint,
-        settings=sample_settings(cfg.sample),
-        runtime=runtime,
-        autoencoder=request.autoencoder,
-        ncont=request.ncont,
-        precision=precision.value,
-        reporter=RichReporter(enabled=True),
-        sources=Sources(
-            texts=tuple(from_text or ()),
-            num_blocks=reconstruct or 0,
-            data_dir=cfg.data.out,
-            truncate=truncate,
-        ),
-    )
-    meta = write_samples(result, request.out)
+    check_output(request.out)  # before the models load
+    with output_lock(request.out):  # one writer per sample file, for the whole run
+        result = generate(
+            model=request.model,
+            checkpoint=request.checkpoint,
+            settings=sample_settings(cfg.sample),
+            runtime=runtime,
+            autoencoder=request.autoencoder,
+            ncont=request.ncont,
+            precision=precision.value,
+            reporter=RichReporter(enabled=True),
+            sources=Sources(
+                texts=tuple(from_text or ()),
+                num_blocks=reconstruct or 0,
+                data_dir=cfg.data.out,
+                truncate=truncate,
+            ),
+        )
+        meta = write_samples(result, request.out)
     for text in result.texts[:show]:
         err_console.rule()
         err_console.print(text, markup=False, highlight=False)

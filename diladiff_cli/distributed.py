@@ -12,7 +12,10 @@ on a laptop).
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 
 import torch
@@ -96,6 +99,32 @@ def all_reduce_mean(values: torch.Tensor) -> torch.Tensor:
         dist.all_reduce(values)
         values /= dist.get_world_size()
     return values
+
+
+def raise_together(refusal: Exception | None, runtime: Runtime, message: str) -> None:
+    """Raise the main process's ``refusal`` on every process (a DiladiffError with
+    ``message`` on the others), so that none waits for the others at its next collective."""
+    if runtime.distributed:
+        flag = torch.tensor(float(refusal is not None), device=runtime.device)
+        if all_reduce_mean(flag).item() > 0 and refusal is None:
+            refusal = DiladiffError(message)
+    if refusal is not None:
+        raise refusal
+
+
+@contextlib.contextmanager
+def held_by_main(context: AbstractContextManager, runtime: Runtime, *, what: str) -> Iterator[None]:
+    """Enter ``context`` (an output's lock) on the main process only, for the ``with``
+    body; a refusal there is raised on every process (see :func:`raise_together`)."""
+    with contextlib.ExitStack() as held:
+        refusal: Exception | None = None
+        if runtime.is_main:
+            try:
+                held.enter_context(context)
+            except Exception as err:  # raised below, once the other processes know
+                refusal = err
+        raise_together(refusal, runtime, f"the main process refused {what}")
+        yield
 
 
 def synchronize(device: torch.device) -> None:

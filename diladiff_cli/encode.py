@@ -6,6 +6,7 @@ checked against the autoencoder's sha256); free texts as one safetensors file.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from collections.abc import Callable
@@ -22,10 +23,10 @@ from diladiff_cli.ae import LoadedAutoencoder, load_autoencoder
 from diladiff_cli.config.stages import EncodeConfig
 from diladiff_cli.config.train import Precision
 from diladiff_cli.data import DataInfo, load_data_info
-from diladiff_cli.distributed import Runtime, barrier
+from diladiff_cli.distributed import Runtime, barrier, held_by_main
 from diladiff_cli.encoder import TwoViewBlocks, tokenize_for_encoder
 from diladiff_cli.errors import DiladiffError
-from diladiff_cli.files import atomic_write_bytes
+from diladiff_cli.files import atomic_write_bytes, read_utf8
 from diladiff_cli.latent_shards import (
     LatentIndex,
     ShardPlan,
@@ -36,6 +37,7 @@ from diladiff_cli.latent_shards import (
     write_index,
     write_shard,
 )
+from diladiff_cli.locks import output_lock
 from diladiff_cli.train import Reporter, autocast
 
 
@@ -144,65 +146,70 @@ def encode_split(
 
     Raises:
         DiladiffError: ``out`` holds latents of another autoencoder or another
-            sharding; the data is missing.
+            sharding; the data is missing; another run is writing ``out``.
     """
     t0 = time.perf_counter()
     out = Path(out)
-    loaded = load_autoencoder(checkpoint, device=runtime.device)
-    info = load_data_info(data_dir)
-    data = TwoViewBlocks(
-        data_dir=data_dir,
-        split=split,
-        decoder_tokenizer=hub.load_tokenizer(info.tokenizer_dir),
-        encoder_tokenizer=loaded.encoder_tokenizer,
-        max_len=loaded.config.encoder.max_len,
-        limit=limit,
-    )
-    plan = ShardPlan(count=len(data), shard_size=shard_size)
-    _check_existing(out, loaded, plan)
-    if runtime.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        for tmp in out.glob(".shard-*.tmp"):  # left by a killed write
-            tmp.unlink(missing_ok=True)
-    barrier()
+    # One writer per latent directory, for the whole split: two runs would interleave
+    # their shards. Only the main process holds it (it creates, cleans and indexes out).
+    with held_by_main(output_lock(out), runtime, what=f"the output {out}"):
+        loaded = load_autoencoder(checkpoint, device=runtime.device)
+        info = load_data_info(data_dir)
+        data = TwoViewBlocks(
+            data_dir=data_dir,
+            split=split,
+            decoder_tokenizer=hub.load_tokenizer(info.tokenizer_dir),
+            encoder_tokenizer=loaded.encoder_tokenizer,
+            max_len=loaded.config.encoder.max_len,
+            limit=limit,
+        )
+        plan = ShardPlan(count=len(data), shard_size=shard_size)
+        _check_existing(out, loaded, plan)
+        if runtime.is_main:
+            out.mkdir(parents=True, exist_ok=True)
+            for tmp in out.glob(".shard-*.tmp"):  # left by a killed write
+                tmp.unlink(missing_ok=True)
+        barrier()
 
-    mine = plan.for_rank(runtime.rank, runtime.world_size)
-    todo = [k for k in mine if not _shard_done(out, k, plan, loaded.sha256, split)]
-    if reporter is not None:
-        reporter.start(total=len(mine), done=len(mine) - len(todo), description=f"encode {split}")
-    try:
-        for k in todo:
-            start, count = plan.range(k)
-            latents = _encode_range(loaded, data, start, count, batch_size, runtime, precision)
-            record = ShardRecord(
-                shard=k, start=start, count=count, autoencoder_sha256=loaded.sha256, split=split
-            )
-            write_shard(out, record, latents, torch.arange(start, start + count))
-            if reporter is not None:
-                reporter.update(step=mine.index(k) + 1, metrics={})
-            if on_shard is not None:
-                on_shard(k)
-    finally:
+        mine = plan.for_rank(runtime.rank, runtime.world_size)
+        todo = [k for k in mine if not _shard_done(out, k, plan, loaded.sha256, split)]
         if reporter is not None:
-            reporter.stop()
-    encoded = torch.tensor([len(todo)], dtype=torch.float64, device=runtime.device)
-    if runtime.distributed:
-        torch.distributed.all_reduce(encoded)
-    barrier()
-    if runtime.is_main:
-        _finish_index(out, loaded, plan, split, data_dir, info)
-    barrier()
-    n_encoded = int(encoded.item())
-    return EncodeResult(
-        split=split,
-        out=str(out),
-        count=plan.count,
-        shape=loaded.model.latent_shape,
-        shards=plan.num_shards,
-        encoded=n_encoded,
-        reused=plan.num_shards - n_encoded,
-        seconds=time.perf_counter() - t0,
-    )
+            reporter.start(
+                total=len(mine), done=len(mine) - len(todo), description=f"encode {split}"
+            )
+        try:
+            for k in todo:
+                start, count = plan.range(k)
+                latents = _encode_range(loaded, data, start, count, batch_size, runtime, precision)
+                record = ShardRecord(
+                    shard=k, start=start, count=count, autoencoder_sha256=loaded.sha256, split=split
+                )
+                write_shard(out, record, latents, torch.arange(start, start + count))
+                if reporter is not None:
+                    reporter.update(step=mine.index(k) + 1, metrics={})
+                if on_shard is not None:
+                    on_shard(k)
+        finally:
+            if reporter is not None:
+                reporter.stop()
+        encoded = torch.tensor([len(todo)], dtype=torch.float64, device=runtime.device)
+        if runtime.distributed:
+            torch.distributed.all_reduce(encoded)
+        barrier()
+        if runtime.is_main:
+            _finish_index(out, loaded, plan, split, data_dir, info)
+        barrier()
+        n_encoded = int(encoded.item())
+        return EncodeResult(
+            split=split,
+            out=str(out),
+            count=plan.count,
+            shape=loaded.model.latent_shape,
+            shards=plan.num_shards,
+            encoded=n_encoded,
+            reused=plan.num_shards - n_encoded,
+            seconds=time.perf_counter() - t0,
+        )
 
 
 def _encode_range(
@@ -317,7 +324,7 @@ def read_text_file(path: str | Path) -> list[str]:
     path = Path(path)
     if not path.is_file():
         raise DiladiffError(f"text file not found: {path}")
-    return [line for line in path.read_text().splitlines() if line.strip()]
+    return [line for line in read_utf8(path).splitlines() if line.strip()]
 
 
 def encode_given_texts(
@@ -334,10 +341,13 @@ def encode_given_texts(
         The record `encode --text` prints: shape, normalisation, encoder lengths, which
         texts were cut, where they were saved, and the latents rounded to 4 digits.
     """
-    loaded = load_autoencoder(checkpoint, device=device)
-    encoded = encode_texts(loaded, texts, truncate=truncate)
-    if save is not None:
-        save_text_latents(save, encoded, loaded)
+    with contextlib.ExitStack() as held:
+        if save is not None:  # one writer per file, from before the autoencoder loads
+            held.enter_context(output_lock(save))
+        loaded = load_autoencoder(checkpoint, device=device)
+        encoded = encode_texts(loaded, texts, truncate=truncate)
+        if save is not None:
+            save_text_latents(save, encoded, loaded)
     return {
         "checkpoint": str(checkpoint),
         "shape": list(encoded.latents.shape),

@@ -4,6 +4,9 @@ A write the environment refuses (a full disk, a read-only file system, no permis
 raises :class:`OutputError`: one line for the user, still an ``OSError`` for code
 that handles those. Torch-free, so the recipe loader's callers
 (``scripts/reproduce.py``) can use it too.
+
+The one file that is appended to rather than replaced, a run's JSONL log, is read with
+:func:`read_jsonl`: a run stopped mid-write leaves a torn last line, which it drops.
 """
 
 from __future__ import annotations
@@ -87,6 +90,48 @@ def remove_temporaries(path: str | Path, *, suffix: str = ".tmp") -> list[Path]:
                     entry.unlink()
             removed.append(entry)
     return removed
+
+
+def read_utf8(path: Path, *, what: str = "", error: type[DiladiffError] = DiladiffError) -> str:
+    """The text of a UTF-8 file; a file that is not UTF-8 or cannot be read is one
+    ``error`` line (``what`` is appended to it, e.g. where the file was named)."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise error(f"{path}: not UTF-8 text (byte {err.start}){what}") from None
+    except OSError as err:
+        raise error(f"cannot read {path}: {err.strerror or err}{what}") from None
+
+
+def read_jsonl(path: str | Path, *, corrupt_hint: str = "") -> list[dict[str, Any]]:
+    """The records of a JSONL file that a run appends to (a training run's metrics log),
+    blank lines skipped. A torn last line (the run stopped mid-write by a full disk or a
+    kill) is dropped: the file is whole up to it.
+
+    Raises:
+        DiladiffError: the file cannot be read, or a line before the last one is not a
+            JSON record (the file is corrupt, not torn).
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(errors="replace")
+    except OSError as err:
+        raise DiladiffError(f"cannot read {path}: {err.strerror or err}") from None
+    lines = [(n, line) for n, line in enumerate(text.splitlines(), 1) if line.strip()]
+    records = []
+    for i, (n, line) in enumerate(lines):
+        try:
+            record = json.loads(line)
+        except ValueError:
+            record = None
+        if not isinstance(record, dict):
+            if i == len(lines) - 1:
+                break  # the write that never finished
+            raise DiladiffError(
+                f"{path} line {n} is not a JSON record: the file is corrupt{corrupt_hint}"
+            )
+        records.append(record)
+    return records
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:

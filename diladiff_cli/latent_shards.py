@@ -240,17 +240,15 @@ class LatentShards:
             path = self.directory / info["file"]
             record = read_shard_record(path)
             expected = (k, info["start"], info["count"], self.index.autoencoder["sha256"])
-            if (
-                record is None
-                or (
-                    record.shard,
-                    record.start,
-                    record.count,
-                    record.autoencoder_sha256,
+            if not path.is_file():
+                raise DiladiffError(f"latent shard {path} is missing: run `diladiff encode`")
+            if record is None:
+                raise DiladiffError(
+                    f"latent shard {path} is unreadable (truncated or not a shard): delete it "
+                    "and run `diladiff encode` again"
                 )
-                != expected
-            ):
-                raise DiladiffError(f"latent shard {path} is missing or does not match {INDEX}")
+            if (record.shard, record.start, record.count, record.autoencoder_sha256) != expected:
+                raise DiladiffError(f"latent shard {path} does not match {INDEX}")
             self._cache[k] = safetensors.torch.load_file(str(path))["latents"]
         return self._cache[k]
 

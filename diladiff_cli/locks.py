@@ -27,6 +27,8 @@ def lock_path(path: str | Path) -> Path:
 def output_lock(path: str | Path) -> Iterator[None]:
     """Hold the lock of ``path`` for the ``with`` body; the lock file is removed after.
 
+    The directory the lock file goes in is created when missing (``path`` itself is not).
+
     Raises:
         DiladiffError: another process holds it.
         OutputError: the lock file cannot be created (read-only or foreign directory).
@@ -34,6 +36,7 @@ def output_lock(path: str | Path) -> Iterator[None]:
     lock = lock_path(path)
     while True:
         with writing(path):
+            lock.parent.mkdir(parents=True, exist_ok=True)
             fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -64,6 +64,7 @@ from diladiff_cli.frontier import (
 )
 from diladiff_cli.judge import read_judge_record
 from diladiff_cli.latent_shards import file_sha256
+from diladiff_cli.locks import output_lock
 from diladiff_cli.plots import write_plots
 from diladiff_cli.sample import SampleSettings, generate, meta_path, write_samples
 from diladiff_cli.structs import to_dict
@@ -565,55 +566,63 @@ def run_sweep(
 
     Returns:
         A :class:`SweepResult`.
+
+    Raises:
+        DiladiffError: another sweep is writing ``cfg.out``.
     """
-    cells = expand_cells(cfg)
-    scorer = eval_cfg.scorer.name
-    judge = scorer if read_judge_record(scorer) is not None else None
-    checkpoints = resolve_checkpoints(cells, cfg, judge=judge)
-    info = load_data_info(data_dir)
-    evaluator = Evaluator(cfg=eval_cfg, data_dir=data_dir, device=runtime.device, reporter=reporter)
-    hashes = ContentHashes(memo=Path(cfg.work_dir) / HASHES_FILE)
-    identities = {k: hashes.identity(p) for k, p in checkpoints.items()}  # "ar": a judge dir
-    scorer_id = _scorer_identity(eval_cfg.scorer.name, hashes)
-    hashes.save()
-    sweep = _Sweep(
-        out=Path(cfg.out),
-        work=Path(cfg.work_dir),
-        checkpoints=checkpoints,
-        identities=identities,
-        sampling={k: getattr(cfg, k) for k in ("num_samples", "batch_size", "top_p")},
-        eval_id={"eval": to_dict(eval_cfg), "data": info.fingerprint, "scorer": scorer_id},
-        runtime=runtime,
-        precision=precision,
-        evaluator=evaluator,
-        log=reporter.log if reporter is not None else (lambda _: None),
-    )
-    rows, seed_rows, run, cached = [], [], 0, 0
-    for n, cell in enumerate(cells, 1):
-        mine, done_before = [], True
-        for seed in cfg.seeds:
-            row, done = sweep.cell(
-                cell, seed=seed, tag=f"[{n}/{len(cells)}] {cell.name} seed {seed}"
-            )
-            mine.append(row)
-            done_before &= done
-        seed_rows += mine
-        rows.append(aggregate(mine))
-        cached += done_before
-        run += not done_before
-    floor = sweep.floor(
-        num_samples=cfg.num_samples, num_references=eval_cfg.num_references or cfg.num_samples
-    )
-    return _write_outputs(
-        rows,
-        seed_rows=seed_rows,
-        floor=floor,
-        cfg=cfg,
-        eval_cfg=eval_cfg,
-        sampling=sweep.sampling,
-        cells_run=run,
-        cells_cached=cached,
-    )
+    # One sweep per results directory, for the whole run (the work_dir is shared on
+    # purpose: its files are keyed by content and written atomically).
+    with output_lock(cfg.out):
+        cells = expand_cells(cfg)
+        scorer = eval_cfg.scorer.name
+        judge = scorer if read_judge_record(scorer) is not None else None
+        checkpoints = resolve_checkpoints(cells, cfg, judge=judge)
+        info = load_data_info(data_dir)
+        evaluator = Evaluator(
+            cfg=eval_cfg, data_dir=data_dir, device=runtime.device, reporter=reporter
+        )
+        hashes = ContentHashes(memo=Path(cfg.work_dir) / HASHES_FILE)
+        identities = {k: hashes.identity(p) for k, p in checkpoints.items()}  # "ar": a judge dir
+        scorer_id = _scorer_identity(eval_cfg.scorer.name, hashes)
+        hashes.save()
+        sweep = _Sweep(
+            out=Path(cfg.out),
+            work=Path(cfg.work_dir),
+            checkpoints=checkpoints,
+            identities=identities,
+            sampling={k: getattr(cfg, k) for k in ("num_samples", "batch_size", "top_p")},
+            eval_id={"eval": to_dict(eval_cfg), "data": info.fingerprint, "scorer": scorer_id},
+            runtime=runtime,
+            precision=precision,
+            evaluator=evaluator,
+            log=reporter.log if reporter is not None else (lambda _: None),
+        )
+        rows, seed_rows, run, cached = [], [], 0, 0
+        for n, cell in enumerate(cells, 1):
+            mine, done_before = [], True
+            for seed in cfg.seeds:
+                row, done = sweep.cell(
+                    cell, seed=seed, tag=f"[{n}/{len(cells)}] {cell.name} seed {seed}"
+                )
+                mine.append(row)
+                done_before &= done
+            seed_rows += mine
+            rows.append(aggregate(mine))
+            cached += done_before
+            run += not done_before
+        floor = sweep.floor(
+            num_samples=cfg.num_samples, num_references=eval_cfg.num_references or cfg.num_samples
+        )
+        return _write_outputs(
+            rows,
+            seed_rows=seed_rows,
+            floor=floor,
+            cfg=cfg,
+            eval_cfg=eval_cfg,
+            sampling=sweep.sampling,
+            cells_run=run,
+            cells_cached=cached,
+        )
 
 
 def _write_outputs(

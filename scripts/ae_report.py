@@ -45,7 +45,8 @@ from diladiff_cli.analysis.latent_analysis import analyse_autoencoder, latent_an
 from diladiff_cli.checkpoint import read_meta
 from diladiff_cli.config import load_recipe
 from diladiff_cli.distributed import init_runtime
-from diladiff_cli.files import atomic_write_text
+from diladiff_cli.errors import DiladiffError
+from diladiff_cli.files import atomic_write_text, read_jsonl
 from diladiff_cli.mdlm import load_mdlm
 from diladiff_cli.train import metrics_path
 
@@ -70,11 +71,19 @@ def parse() -> argparse.Namespace:
 
 
 def main() -> None:
-    args = parse()
+    try:
+        report(parse())
+    except DiladiffError as err:  # bad input or a damaged file: one line, no traceback
+        raise SystemExit(f"error: {err}") from None
+
+
+def report(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
     recipe = load_recipe(args.recipe)
     checkpoint = args.checkpoint or recipe.ae.out
     mdlm_path = args.mdlm or recipe.mdlm.out
+    log = metrics_path(Path(checkpoint))
+    train_log = read_jsonl(log) if log.exists() else []  # first: a corrupt log stops it early
     runtime = init_runtime("cpu")
     ae = load_autoencoder(checkpoint, device=runtime.device)
     mdlm = load_mdlm(mdlm_path, device=runtime.device)
@@ -92,8 +101,6 @@ def main() -> None:
         seed=args.seed,
         progress=lambda line: print(line, flush=True),
     )
-    log = metrics_path(Path(checkpoint))
-    train_log = [json.loads(x) for x in log.read_text().splitlines()] if log.exists() else []
     record = {
         "settings": {
             "checkpoint": checkpoint,

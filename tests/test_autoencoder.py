@@ -387,6 +387,49 @@ def test_train_ae_checkpoint_rebuilds_without_encoder_weights(tiny_env, trained_
     assert not torch.equal(loaded.model.latent_std, torch.ones(4, 8))  # measured after training
 
 
+def test_latent_stats_are_written_under_the_output_lock(tiny_env, trained_ae, monkeypatch):
+    """The stats rewrite comes after the loop released the output's lock: it holds it
+    again, so a second writer refuses it in one line and the checkpoint stays as it was;
+    once free, the rewrite gives the same weights and metadata as an uninterrupted run."""
+    import diladiff_cli.ae as ae_module
+    from diladiff_cli.locks import output_lock
+
+    out = tiny_env.root / "ae-locked.pt"
+    cfg = ae_config(base=tiny_env.base, bert=tiny_env.bert, out=out)
+    run = {
+        "cfg": cfg,
+        "data": tiny_env.data,
+        "stage_config": to_dict(cfg),
+        "runtime": init_runtime("cpu"),
+    }
+    real_store, real_save, held = ae_module._store_latent_stats, ae_module.save_weights, []
+
+    def save(path, tensors, meta):
+        try:
+            with output_lock(path):
+                held.append(False)
+        except DiladiffError:
+            held.append(True)
+        real_save(path, tensors, meta)
+
+    monkeypatch.setattr(ae_module, "_store_latent_stats", lambda *a, **k: None)
+    train_ae(**run)  # trained, stats not measured yet
+    before = out.read_bytes()
+    monkeypatch.setattr(ae_module, "_store_latent_stats", real_store)
+    with output_lock(out), pytest.raises(DiladiffError) as err:
+        train_ae(**run)  # complete: only the stats rewrite is left, and out is taken
+    assert str(err.value).startswith("another run is writing") and "\n" not in str(err.value)
+    assert out.read_bytes() == before
+    monkeypatch.setattr(ae_module, "save_weights", save)
+    train_ae(**run)
+    assert held == [True]  # the rewrite found the lock taken: by this run
+    written, reference = read_meta(out), read_meta(trained_ae)
+    assert written.extra == reference.extra and written.step == reference.step
+    mine = safetensors.torch.load_file(str(out))
+    for name, tensor in safetensors.torch.load_file(str(trained_ae)).items():
+        assert torch.equal(tensor, mine[name]), name
+
+
 def test_frozen_self_attention_keeps_null_latent_equal_to_base_after_training(tiny_env):
     out = tiny_env.root / "ae-frozen.pt"
     cfg = ae_config(base=tiny_env.base, bert=tiny_env.bert, out=out, latent_norm="l2")

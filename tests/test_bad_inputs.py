@@ -417,7 +417,7 @@ CASES = [
 def one_error_line(args: list[str]) -> str:
     """Run a dry run that must fail; the one line it prints (checked: exit code 2, no
     traceback, nothing on stdout)."""
-    result = CliRunner().invoke(app, [*args, "--dry-run"])
+    result = CliRunner().invoke(app, args if "--dry-run" in args else [*args, "--dry-run"])
     # The command ended by its own exit, not by an exception that escaped it.
     assert isinstance(result.exception, SystemExit), repr(result.exception)
     assert result.exit_code == 2, result.output
@@ -441,6 +441,35 @@ def test_bad_input_is_one_line_naming_the_key(args, needle, tmp_path, monkeypatc
     # Class 7: the key, never the whole section it sits in (was ~1,000 characters).
     assert len(line) < 400, line
     assert list(tmp_path.iterdir()) == []
+
+
+# click's own parse errors, before any recipe is read: one line too, never its usage box.
+PARSE_CASES = [
+    # the reason's wording is typer's and differs between its versions
+    case(["train-mdlm", MICRO, "--steps", "abc"], "Invalid value for '--steps'", "steps-abc"),
+    case(["train-mdlm", "--bogus"], "No such option: --bogus", "unknown-option"),
+    case(["eval"], "Missing argument 'samples'", "missing-argument"),
+    case(["prepare", MICRO, "extra"], "unexpected extra argument", "extra-argument"),
+    case(["sample", "--selection", "best"], "Invalid value for '--selection'", "bad-choice"),
+    case(["sample", "--dry-run", "--ndisc"], "'--ndisc' requires an argument", "missing-value"),
+    case(["frobnicate"], "No such command 'frobnicate'", "unknown-command"),
+]
+
+
+@pytest.mark.parametrize(("args", "needle"), PARSE_CASES)
+def test_parse_error_is_one_line_naming_what_is_wrong(args, needle, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    line = one_error_line(args)
+    assert needle in line, line
+    assert "--help" in line  # where the usage is
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("args", [["--help"], ["train-mdlm", "--help"], []])
+def test_help_still_prints_the_usage(args):
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == (2 if not args else 0)  # no arguments: help, as a usage error
+    assert "Usage: diladiff" in result.output and "error:" not in result.output
 
 
 def test_bad_key_in_an_optional_section_of_a_file(tmp_path):

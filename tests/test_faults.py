@@ -30,6 +30,7 @@ from diladiff_cli.checkpoint import (
 from diladiff_cli.config import TrainConfig
 from diladiff_cli.distributed import init_runtime
 from diladiff_cli.errors import CheckpointError, DiladiffError
+from diladiff_cli.files import read_jsonl
 from diladiff_cli.locks import lock_path, output_lock
 from diladiff_cli.objective import LossOutput
 from diladiff_cli.train import metrics_path, train
@@ -127,6 +128,43 @@ def test_corrupt_metrics_line_before_the_last_is_one_line(tmp_path):
     assert "m.metrics.jsonl line 2" in one_line(err)
     assert metrics_path(out).read_bytes() == before  # left for the user to look at
     assert not lock_path(out).exists()
+
+
+def test_readers_of_a_metrics_log_skip_a_torn_last_line(tmp_path):
+    log = tmp_path / "m.metrics.jsonl"
+    log.write_text(
+        '{"step": 1, "split": "train"}\n\n{"step": 2, "split": "train"}\n{"step": 3, "sp'
+    )
+    assert [r["step"] for r in read_jsonl(log)] == [1, 2]
+    log.write_text('{"step": 1}\ngarbage\n{"step": 3}\n')
+    with pytest.raises(DiladiffError) as err:
+        read_jsonl(log)
+    assert one_line(err) == f"{log} line 2 is not a JSON record: the file is corrupt"
+
+
+@pytest.mark.parametrize("torn", [True, False], ids=["torn-last-line", "corrupt-middle-line"])
+def test_ae_report_reads_a_damaged_metrics_log_in_one_line(tmp_path, torn):
+    """scripts/ae_report.py reads the log first: a torn last line is skipped (the report
+    goes on, to the missing checkpoint here), a corrupt line before it stops it."""
+    out = tmp_path / "ae.pt"
+    lines = ['{"step": 1, "split": "train"}', "garbage", '{"step": 3, "split": "train"}']
+    metrics_path(out).write_text(
+        '{"step": 1, "split": "train"}\n{"step": 2, "spl' if torn else "\n".join(lines) + "\n"
+    )
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    script = Path(__file__).resolve().parents[1] / "scripts" / "ae_report.py"
+    proc = subprocess.run(
+        [sys.executable, str(script), "--checkpoint", str(out)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert len(lines) == 1, proc.stderr
+    needle = f"checkpoint not found: {out}" if torn else "ae.metrics.jsonl line 2"
+    assert lines[0].startswith("error: ") and needle in lines[0], lines[0]
 
 
 def _kill_in_replace(out: Path, *, target: str, steps: int) -> subprocess.CompletedProcess:
@@ -434,3 +472,57 @@ def test_prepare_removes_what_a_killed_prepare_left_and_refuses_a_second_writer(
     (out / "meta.json").unlink()  # force a rebuild, while another run holds the directory
     with output_lock(out), pytest.raises(DiladiffError, match="another run is writing"):
         prepare(cfg)
+
+
+# ----------------------------------------------------------------------------- other outputs
+
+
+@pytest.mark.parametrize(
+    ("args", "output"),
+    [
+        (["encode", "--split", "train", "--out", "lat"], "lat/train"),
+        (["encode", "--text", "a text", "--save", "z.safetensors"], "z.safetensors"),
+        (["sample", "--out", "s.jsonl"], "s.jsonl"),
+        (["pareto", "--out", "sweep"], "sweep"),
+    ],
+    ids=["encode", "encode-save", "sample", "pareto"],
+)
+def test_second_writer_of_latents_samples_or_a_sweep_is_refused_at_once(
+    tmp_path, monkeypatch, args, output
+):
+    """The lock is taken before any model or data loads (none exist here): a second run
+    on the same output is refused at once, in one line, and writes nothing."""
+    from typer.testing import CliRunner
+
+    from diladiff_cli.cli import app
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / output).parent.mkdir(parents=True, exist_ok=True)
+    before = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*"))
+    with output_lock(tmp_path / output):
+        t0 = time.perf_counter()
+        result = CliRunner().invoke(app, [*args, "--device", "cpu"])
+        assert time.perf_counter() - t0 < 5
+        after = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*"))
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.output
+    assert "Traceback" not in result.output and result.stdout == ""
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: another run is writing"), lines
+    assert after == sorted([*before, str(lock_path(output))])  # only the holder's lock
+    assert not lock_path(tmp_path / output).exists()  # released, and nothing left
+
+
+def test_the_lock_of_a_killed_writer_does_not_refuse_the_next_one(tmp_path):
+    """flock dies with its process: a lock file left by a SIGKILLed run is taken over."""
+    out = tmp_path / "s.jsonl"
+    code = (
+        "import os, signal, sys\n"
+        "from diladiff_cli.locks import output_lock\n"
+        f"with output_lock({str(out)!r}):\n"
+        "    os.kill(os.getpid(), signal.SIGKILL)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=120)
+    assert proc.returncode == -9 and lock_path(out).exists()
+    with output_lock(out):
+        pass
+    assert not lock_path(out).exists()
