@@ -3,7 +3,9 @@
 A stage hands over a model and an objective (``objective(model, batch, ctx) ->
 LossOutput``, see :mod:`diladiff_cli.objective`). The loop owns AdamW, warm-up,
 clipping, gradient accumulation, EMA, autocast, ``torch.compile``, DDP, logging,
-checkpoints, exact resume and the NaN guard.
+checkpoints, exact resume and the NaN guard. The metrics go to the sinks of
+:mod:`diladiff_cli.tracking` (the JSONL log always; TensorBoard and W&B when
+``cfg.logging`` enables them), written by the main process only.
 
 Determinism: the examples of step ``s`` and the noise drawn for them are pure
 functions of (seed, s), independent of the number of processes and of
@@ -47,20 +49,24 @@ from diladiff_cli.checkpoint import (
     save_weights,
 )
 from diladiff_cli.config.train import Precision, TrainConfig
-from diladiff_cli.distributed import Runtime, all_reduce_mean
+from diladiff_cli.distributed import Runtime, all_reduce_mean, raise_together
 from diladiff_cli.errors import CheckpointError, DiladiffError, TrainingDiverged
-from diladiff_cli.files import (
-    OutputError,
-    atomic_write_text,
-    check_output,
-    remove_temporaries,
-    writing,
-)
+from diladiff_cli.files import OutputError, check_output, remove_temporaries
 from diladiff_cli.locks import output_lock
 from diladiff_cli.objective import Batch, Objective, StepContext
+from diladiff_cli.tracking import MetricLog, metrics_path, open_metric_log, wandb_id_path
 
-# Train-config keys that may change between a run and its resumption.
-_RESUMABLE_KEYS = ("steps", "log_every", "eval_every", "eval_batches", "ckpt_every", "compile")
+# Train-config keys that may change between a run and its resumption (`logging` too: the
+# fingerprint of a checkpoint written before the key existed stays the same).
+_RESUMABLE_KEYS = (
+    "steps",
+    "log_every",
+    "eval_every",
+    "eval_batches",
+    "ckpt_every",
+    "compile",
+    "logging",
+)
 
 
 def seed_everything(seed: int) -> None:
@@ -133,11 +139,6 @@ def config_fingerprint(config: dict[str, Any]) -> str:
         for key in _RESUMABLE_KEYS:
             cfg["train"].pop(key, None)
     return hashlib.sha256(json.dumps(cfg, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def metrics_path(weights_path: Path) -> Path:
-    """The JSONL log beside a checkpoint (``mdlm.pt`` -> ``mdlm.metrics.jsonl``)."""
-    return weights_path.with_name(weights_path.stem + ".metrics.jsonl")
 
 
 def autocast(device: torch.device, precision: Precision) -> contextlib.AbstractContextManager:
@@ -295,7 +296,7 @@ def train(
         # only read, without the lock: a finished output on a read-only disk is still done
         reporter.log(f"{out} is complete ({cfg.steps} steps): nothing to do")
         return TrainResult(step=cfg.steps, resumed_from=cfg.steps, skipped=True)
-    with _claim(out, runtime, reporter):
+    with _claim(out, runtime, reporter), contextlib.ExitStack() as held:
         params = [p for p in base.parameters() if p.requires_grad]
         if not params:
             raise DiladiffError("the model has no trainable parameters")
@@ -316,9 +317,7 @@ def train(
         net = _wrap(base, cfg, runtime, reporter, find_unused_parameters)
         scaler = torch.amp.GradScaler(enabled=precision == "fp16" and runtime.device.type == "cuda")
 
-        log_file = metrics_path(out)
-        if runtime.is_main:
-            _truncate_log(log_file, start)
+        log = held.enter_context(_metric_log(cfg, out, start, meta, runtime))
         saved = start  # the step of the resume state on disk
 
         def checkpoint(step: int) -> None:
@@ -365,15 +364,14 @@ def train(
                 if is_log or is_ckpt:
                     metrics = _step_metrics(micro_metrics, grad_norm, lr, done, out, runtime)
                     last = metrics
-                    if is_log and runtime.is_main:
-                        _append_log(log_file, {"step": done, "split": "train", **metrics})
+                    if is_log:
+                        log.write(done, "train", metrics)
                     reporter.update(step=done, metrics=metrics)
                 if valid_data is not None and cfg.eval_every and done % cfg.eval_every == 0:
                     valid = _validate(
                         ema_model or base, objective, valid_data, cfg, runtime, precision
                     )
-                    if runtime.is_main:
-                        _append_log(log_file, {"step": done, "split": "valid", **valid})
+                    log.write(done, "valid", valid)
                     reporter.log(f"step {done} valid " + _fmt(valid))
                 if is_ckpt:
                     checkpoint(done)
@@ -382,8 +380,7 @@ def train(
         seconds = time.perf_counter() - t0
         if valid_data is not None and (not cfg.eval_every or cfg.steps % cfg.eval_every):
             valid = _validate(ema_model or base, objective, valid_data, cfg, runtime, precision)
-            if runtime.is_main:
-                _append_log(log_file, {"step": cfg.steps, "split": "valid", **valid})
+            log.write(cfg.steps, "valid", valid)
         if start == cfg.steps:
             checkpoint(cfg.steps)  # the state was complete but the weights file was not
         ran = cfg.steps - start
@@ -413,19 +410,41 @@ def _claim(out: Path, runtime: Runtime, reporter: Reporter) -> Iterator[None]:
                 held.enter_context(output_lock(out))
                 # m.pt and m.bin share m.metrics.jsonl: it needs a lock of its own
                 held.enter_context(output_lock(metrics_path(out)))
-                removed = remove_orphans(out) + remove_temporaries(metrics_path(out))
+                removed = (
+                    remove_orphans(out)
+                    + remove_temporaries(metrics_path(out))
+                    + remove_temporaries(wandb_id_path(out))
+                )
             except Exception as err:  # raised below, once the other processes know
                 refusal = err
-        if runtime.distributed:
-            flag = torch.tensor(float(refusal is not None), device=runtime.device)
-            if all_reduce_mean(flag).item() > 0 and refusal is None:
-                refusal = DiladiffError(f"the main process refused the output {out}")
-        if refusal is not None:
-            raise refusal
+        raise_together(refusal, runtime, f"the main process refused the output {out}")
         if removed:
             names = ", ".join(p.name for p in removed)
             reporter.log(f"removed what an interrupted run of {out} left: {names}")
         yield
+
+
+@contextlib.contextmanager
+def _metric_log(
+    cfg: TrainConfig, out: Path, start: int, meta: CheckpointMeta, runtime: Runtime
+) -> Iterator[MetricLog]:
+    """The run's metric sinks, resumed at ``start``: opened by the main process only
+    (the others log nothing), closed when the run ends, marked failed on an error."""
+    log, refusal = MetricLog([]), None
+    if runtime.is_main:
+        try:
+            log = open_metric_log(
+                cfg=cfg.logging, out=out, start=start, stage=meta.stage, config=meta.config
+            )
+        except Exception as err:  # raised below, once the other processes know
+            refusal = err
+    raise_together(refusal, runtime, "the main process could not open its metric logs")
+    try:
+        yield log
+    except BaseException:
+        log.close(failed=True)
+        raise
+    log.close(failed=False)
 
 
 def _micro_batches(cfg: TrainConfig, world: int) -> tuple[int, int]:
@@ -638,50 +657,3 @@ def _validate(
 
 def _fmt(metrics: dict[str, float]) -> str:
     return " ".join(f"{k}={v:.4g}" for k, v in metrics.items())
-
-
-def _append_log(path: Path, record: dict[str, Any]) -> None:
-    with writing(path):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with path.open("a") as fh:
-            fh.write(json.dumps(record) + "\n")
-
-
-def _truncate_log(path: Path, step: int) -> None:
-    """Drop log records past ``step`` (written after the checkpoint a resume starts
-    from) and a torn last line (a run stopped mid-write by a full disk or a kill).
-
-    Raises:
-        DiladiffError: a line before the last one is not a record: the log is corrupt,
-            not torn, and is left for the user to look at.
-    """
-    if not path.exists():
-        return
-    if step == 0:
-        with writing(path):
-            path.unlink()
-        return
-    with writing(path):
-        text = path.read_text(errors="replace")
-    lines = [(n, line) for n, line in enumerate(text.splitlines(), 1) if line.strip()]
-    keep = []
-    for i, (n, line) in enumerate(lines):
-        record = _log_record(line)
-        if record is None:
-            if i == len(lines) - 1:
-                break  # the write that never finished
-            raise DiladiffError(
-                f"{path} line {n} is not a JSON record: the metrics log is corrupt; "
-                f"move it away to resume with a new one"
-            )
-        if record.get("step", 0) <= step:
-            keep.append(line)
-    atomic_write_text(path, "".join(line + "\n" for line in keep))
-
-
-def _log_record(line: str) -> dict[str, Any] | None:
-    try:
-        record = json.loads(line)
-    except ValueError:
-        return None
-    return record if isinstance(record, dict) else None

@@ -1,6 +1,6 @@
 """Drives the training loop on a tiny MDLM over random tokens, for the resume and DDP tests.
 
-Usage: python _train_driver.py OUT STEPS [--kill-at K] [--micro M] [--dropout P]
+Usage: python _train_driver.py OUT STEPS [--kill-at K] [--micro M] [--dropout P] [--tensorboard]
 Prints one JSON line with the final loss. ``--kill-at K`` SIGKILLs the process right
 after the checkpoint of step K (a real kill: no cleanup, no finally blocks).
 """
@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from diladiff_cli.checkpoint import CheckpointMeta
-from diladiff_cli.config import DiTConfig, TrainConfig
+from diladiff_cli.config import DiTConfig, LoggingConfig, TensorBoardConfig, TrainConfig
 from diladiff_cli.diffusion.masked import LogLinearSchedule, MaskedDiffusionLoss, TokenBatch
 from diladiff_cli.distributed import init_runtime, shutdown
 from diladiff_cli.models.dit import DiT
@@ -48,6 +48,7 @@ def main() -> None:
     p.add_argument("--micro", type=int, default=0)
     p.add_argument("--dropout", type=float, default=0.1)
     p.add_argument("--ema", type=float, default=0.9)
+    p.add_argument("--tensorboard", action="store_true")
     a = p.parse_args()
     torch.set_num_threads(1)
     model_cfg = DiTConfig(
@@ -64,6 +65,7 @@ def main() -> None:
         ckpt_every=2,
         eval_batches=1,
         seed=3,
+        logging=LoggingConfig(tensorboard=TensorBoardConfig(enabled=a.tensorboard)),
     )
     runtime = init_runtime("cpu")
     seed_everything(cfg.seed)

@@ -47,7 +47,7 @@ from diladiff_cli.analysis.bench_inputs import (
 )
 from diladiff_cli.analysis.experiments import git_commit
 from diladiff_cli.checkpoint import CheckpointMeta, read_meta
-from diladiff_cli.config import Recipe, TrainConfig
+from diladiff_cli.config import LoggingConfig, Recipe, TrainConfig
 from diladiff_cli.config.train import Precision
 from diladiff_cli.data import DataRecord
 from diladiff_cli.diffusion.flow import LatentDiffusionLoss
@@ -289,6 +289,7 @@ def time_training(
         eval_every=0,
         ckpt_every=total,
         compile=compiled,
+        logging=LoggingConfig(),  # the JSONL log only: no TensorBoard or W&B run per timing
     )
     accum = batch // (micro or batch)
     start = _StartClock(source, start=plan.warmup * accum, device=device)

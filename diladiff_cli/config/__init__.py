@@ -62,8 +62,14 @@ from diladiff_cli.config.stages import (
     PriorStageConfig,
     SampleConfig,
 )
-from diladiff_cli.config.train import TrainConfig
+from diladiff_cli.config.train import (
+    LoggingConfig,
+    TensorBoardConfig,
+    TrainConfig,
+    WandbConfig,
+)
 from diladiff_cli.errors import RecipeError
+from diladiff_cli.files import read_utf8
 from diladiff_cli.structs import FieldError, build_dataclass, to_dict
 
 __all__ = [
@@ -85,6 +91,7 @@ __all__ = [
     "JudgeModelConfig",
     "JudgeStageConfig",
     "LatentDiTConfig",
+    "LoggingConfig",
     "MDLMStageConfig",
     "MauveConfig",
     "ParetoConfig",
@@ -92,10 +99,12 @@ __all__ = [
     "PriorStageConfig",
     "SampleConfig",
     "ScorerConfig",
+    "TensorBoardConfig",
     "TimePairConfig",
     "TimeSamplingConfig",
     "TokenizerConfig",
     "TrainConfig",
+    "WandbConfig",
     "Recipe",
     "default_recipe_path",
     "encode_section",
@@ -214,10 +223,13 @@ def _plain(value: Any) -> Any:
 def _read_mapping(path: Path, via: str) -> dict:
     """One recipe file as a raw mapping (``{}`` when empty)."""
     file = str(path)
+    if path.is_dir():
+        raise RecipeError(f"recipe {file} is a directory, not a YAML file{via}")
     if not path.is_file():
         raise RecipeError(f"recipe file not found: {file}{via}")
+    text = read_utf8(path, what=via, error=RecipeError)
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml.safe_load(text)
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""

@@ -3,13 +3,51 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
-from diladiff_cli.config._checks import at_least, fields_in, number, unit_interval
+from diladiff_cli.config._checks import at_least, fields_in, not_empty, number, unit_interval
 from diladiff_cli.structs import FieldError
 
 Precision = Literal["fp32", "bf16", "fp16"]
+WandbMode = Literal["disabled", "offline", "online"]
+
+
+@dataclass(frozen=True)
+class TensorBoardConfig:
+    """TensorBoard event files of a run (needs the ``tensorboard`` package)."""
+
+    enabled: bool = False
+    dir: str | None = None  # the event directory; None: `<out stem>.tb/` beside the weights
+
+    def __post_init__(self) -> None:
+        not_empty(self, "dir")
+
+
+@dataclass(frozen=True)
+class WandbConfig:
+    """A Weights & Biases run (needs the ``wandb`` package). ``offline`` needs no network
+    or account: ``wandb sync <dir>/wandb/offline-run-*`` uploads it later."""
+
+    mode: WandbMode = "disabled"
+    project: str = "diladiff"
+    entity: str | None = None  # team or user; None: the account's default
+    name: str | None = None  # run name; None: the output's stem (`mdlm` for mdlm.pt)
+    dir: str | None = None  # where `wandb/` is written; None: $WANDB_DIR, else the cwd
+
+    def __post_init__(self) -> None:
+        not_empty(self, "project", "entity", "name", "dir")
+
+
+@dataclass(frozen=True)
+class LoggingConfig:
+    """Where the metrics go besides `<out stem>.metrics.jsonl`, which is always written.
+
+    Not part of the run's identity: a run may resume with other logging settings.
+    """
+
+    tensorboard: TensorBoardConfig = field(default_factory=TensorBoardConfig)
+    wandb: WandbConfig = field(default_factory=WandbConfig)
 
 
 @dataclass(frozen=True)
@@ -35,6 +73,7 @@ class TrainConfig:
     ckpt_every: int = 100  # resume-state interval in steps
     seed: int = 0
     compile: bool = False  # torch.compile the model (CUDA; falls back to eager on failure)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)  # TensorBoard, W&B
 
     def __post_init__(self) -> None:
         # steps = 0 writes the initial weights in the stage's format (the benchmark inputs
