@@ -1,7 +1,8 @@
 # DiLaDiff toolkit: set-up, tests, the embedded default pipeline and benchmarks.
 #   make reproduce   set up, then run the whole pipeline, every experiment, and write the report
 #                    (default: the oracle corpus, exactly scored, CPU, offline;
-#                    CORPUS=shakespeare: the same sizes on Shakespeare; SCALE=paper NPROC=8: CUDA)
+#                    CORPUS=shakespeare: the same sizes on Shakespeare; SCALE=paper NPROC=8: CUDA;
+#                    SEED=1: a second seed of the whole pipeline, in a fresh clone)
 #   make test        set up, then lint and run the test suite
 #   make bench       set up, then run the benchmarks (results appended to docs/benchmarks.md)
 PYTHON ?= python3
@@ -12,6 +13,7 @@ CORPUS ?= oracle
 # The CPU scale follows the corpus: oracle (recipes/oracle) or shakespeare (recipes/tiny).
 SCALE  ?= $(if $(filter shakespeare,$(CORPUS)),tiny,$(if $(filter oracle,$(CORPUS)),oracle,$(error CORPUS must be oracle or shakespeare, not $(CORPUS))))
 NPROC  ?= 1
+SEED   ?= 0
 # The embedded default and the tests never touch the Hugging Face hub.
 OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
 
@@ -37,9 +39,9 @@ test: lint
 	$(OFFLINE) $(BIN)/python -m pytest || [ $$? -eq 5 ]
 
 # Every stage skips finished work: after an interruption, run it again. Timings and the
-# report land in results/$(SCALE)/ (timings.json, REPORT.md).
+# report land in results/$(SCALE)/ (timings.json, REPORT.md; SEED=N: results/$(SCALE)/pipeline_seedN/).
 reproduce: setup
-	$(OFFLINE) $(BIN)/python scripts/reproduce.py --scale $(SCALE) --nproc $(NPROC)
+	$(OFFLINE) $(BIN)/python scripts/reproduce.py --scale $(SCALE) --nproc $(NPROC) --seed $(SEED)
 
 # Every stage's training throughput and sampling speed on this machine's device, appended
 # to docs/benchmarks.md and docs/benchmarks.json. BENCH_ARGS passes options, e.g.

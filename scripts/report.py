@@ -21,7 +21,7 @@ import datetime
 import json
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -63,7 +63,7 @@ from diladiff_cli.analysis.verdicts import (
     verdict,
 )
 from diladiff_cli.config import load_recipe
-from diladiff_cli.files import atomic_write_text
+from diladiff_cli.files import atomic_write_json, atomic_write_text
 from diladiff_cli.frontier import headline
 from diladiff_cli.plots import PLOTS
 
@@ -166,12 +166,19 @@ def link(results: Path, path: Path) -> str:
     return f"[{rel}]({rel})"
 
 
-def verdict_line(parts: list[tuple[str, Verdict]]) -> str:
-    """The one verdict line of an experiment: the common outcome of its parts, or "mixed"."""
+def overall_outcome(parts: list[tuple[str, Verdict]]) -> str:
+    """An experiment's outcome: the common outcome of its parts, or "mixed"."""
     outcomes = {v.outcome for _, v in parts}
     overall = outcomes.pop() if len(outcomes) == 1 else "mixed"
     if overall == "inconclusive" and any(v.one_seed for _, v in parts):
         overall = f"inconclusive ({ONE_SEED})"
+    return overall
+
+
+def verdict_line(parts: list[tuple[str, Verdict]]) -> str:
+    """The one verdict line of an experiment: its overall outcome, then each part's rule
+    and numbers."""
+    overall = overall_outcome(parts)
     text = " ".join(
         (f"{name[:1].upper() + name[1:]}: *{v.label}*. " if len(parts) > 1 else "")
         + f"Rule: {v.rule}. Measured: {v.measured}."
@@ -301,6 +308,16 @@ class Context:
     scale: str
     seq_len: int
     temperature: float  # the frontier temperature of the sweeps
+    # experiment -> {"overall": outcome, "parts": {part: outcome}}: verdicts.json
+    verdicts: dict[int, dict[str, Any]] = field(default_factory=dict)
+
+    def verdict(self, experiment: int, parts: list[tuple[str, Verdict]]) -> str:
+        """The experiment's verdict line (:func:`verdict_line`), recorded for verdicts.json."""
+        self.verdicts[experiment] = {
+            "overall": overall_outcome(parts),
+            "parts": {name or "verdict": v.label for name, v in parts},
+        }
+        return verdict_line(parts)
 
 
 def _floor(directory: Path) -> dict[str, Any] | None:
@@ -459,7 +476,7 @@ def exp1(ctx: Context, directory: Path) -> list[str] | None:
             "`scripts/ae_report.py` recorded them): rerun the latent-analysis stage.",
             "",
         ]
-    return lines + [verdict_line([("noise curve", curve_v), ("pools", pool_v)])]
+    return lines + [ctx.verdict(1, [("noise curve", curve_v), ("pools", pool_v)])]
 
 
 def exp2(ctx: Context, directory: Path) -> list[str] | None:
@@ -510,7 +527,7 @@ def exp2(ctx: Context, directory: Path) -> list[str] | None:
         combine=dominates,
     )
     speed = speed_verdict(match(rows, **at), "ladiff", quality)
-    return lines + [verdict_line([("equal throughput", throughput), ("equal quality", speed)])]
+    return lines + [ctx.verdict(2, [("equal throughput", throughput), ("equal quality", speed)])]
 
 
 def exp3(ctx: Context, directory: Path) -> list[str] | None:
@@ -563,8 +580,8 @@ def exp3(ctx: Context, directory: Path) -> list[str] | None:
         parts.append((m.name, part))
     if not parts:
         rule = f"LaDiff's {diversity.name} and entropy move less than MDLM's"
-        return lines + [verdict_line([("", Verdict("inconclusive", rule, "too few cells"))])]
-    return lines + [verdict_line(parts)]
+        return lines + [ctx.verdict(3, [("", Verdict("inconclusive", rule, "too few cells"))])]
+    return lines + [ctx.verdict(3, parts)]
 
 
 def exp4(ctx: Context, directory: Path) -> list[str] | None:
@@ -615,7 +632,7 @@ def exp4(ctx: Context, directory: Path) -> list[str] | None:
         combine=any_of,
     )
     return lines + [
-        verdict_line([("LaDiff matches random", matches), ("MDLM collapses", collapse)])
+        ctx.verdict(4, [("LaDiff matches random", matches), ("MDLM collapses", collapse)])
     ]
 
 
@@ -688,7 +705,9 @@ def exp5(ctx: Context, directory: Path) -> list[str] | None:
         share = Verdict(bound.outcome, rule, f"{pct(mean.mean)}{se}", one_seed=bound.one_seed)
     speed = speed_verdict(match(rows, **at), "diladiff", quality)
     return lines + [
-        verdict_line([("frontier", front), ("latent share", share), ("speed-up over MDLM", speed)])
+        ctx.verdict(
+            5, [("frontier", front), ("latent share", share), ("speed-up over MDLM", speed)]
+        )
     ]
 
 
@@ -744,7 +763,7 @@ def exp6(ctx: Context, directory: Path) -> list[str] | None:
         f"better) at every Ncont <= {SMALL_NCONT}; {NOISE_RULE} (student - teacher below)",
         beats,
     )
-    return lines + [verdict_line([("objectives agree", agree), ("beat the teacher", beat)])]
+    return lines + [ctx.verdict(6, [("objectives agree", agree), ("beat the teacher", beat)])]
 
 
 SECTIONS: dict[int, Callable[[Context, Path], list[str] | None]] = {
@@ -1051,6 +1070,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     out = Path(args.out) if args.out else results / "REPORT.md"
     atomic_write_text(out, build_report(ctx))
+    # The outcomes alone, for comparing runs (scripts/compare_verdicts.py).
+    verdicts = {f"exp{i}": ctx.verdicts[i] for i in sorted(ctx.verdicts)}
+    atomic_write_json(out.with_name("verdicts.json"), verdicts)
     print(out)
     return 0
 

@@ -23,6 +23,7 @@ Examples::
     python scripts/reproduce.py --scale tiny         # the same sizes on Shakespeare
     python scripts/reproduce.py --dry-run            # print the commands, run nothing
     python scripts/reproduce.py --only pareto,report
+    python scripts/reproduce.py --seed 1             # a second seed of the whole pipeline
     python scripts/reproduce.py --scale paper --nproc 8
 
 The stages are planned from the recipes through :func:`diladiff_cli.config.load_recipe` and
@@ -140,7 +141,12 @@ def _torchrun() -> str:
 
 
 def build_plan(
-    *, scale: str, nproc: int = 1, results: str | None = None, python: str | None = None
+    *,
+    scale: str,
+    nproc: int = 1,
+    results: str | None = None,
+    python: str | None = None,
+    seed: int = 0,
 ) -> tuple[list[Stage], list[str]]:
     """Every stage of a scale, in order.
 
@@ -150,6 +156,9 @@ def build_plan(
         nproc: processes per node for the paper scale's training stages.
         results: the results directory (default ``results/<scale>``).
         python: the interpreter (default: this one).
+        seed: the pipeline seed: 0 runs the recipes as written; N > 0 sets every training
+            stage's seed to N (``--seed N``), the latent analysis's too, and shifts the
+            sweeps' sampling seeds by N times their count (``[0, 1, 2]`` -> ``[3N, ...]``).
 
     Returns:
         (the stages, notes on the stages left out because their recipe section is absent).
@@ -164,6 +173,7 @@ def build_plan(
     compute = ("--precision", "bf16") if paper else ()
     plain = (python, "-m", "diladiff_cli")
     launch = (_torchrun(), f"--nproc_per_node={nproc}", "-m", "diladiff_cli") if paper else plain
+    seeded = ("--seed", str(seed)) if seed else ()  # every stage that trains or draws
 
     planned: list[tuple[Stage, str, tuple[str, ...]]] = []  # (stage, recipe, sections it needs)
 
@@ -172,31 +182,31 @@ def build_plan(
         planned.append((Stage(name, argv), recipe, tuple(needs)))
 
     cli("prepare", "prepare", base, needs=["data"], dist=False)
-    cli("train-mdlm", "train-mdlm", base, *compute, needs=["mdlm"])
-    cli("train-judge", "train-judge", base, *compute, needs=["judge"])
-    cli("train-ae", "train-ae", base, *compute, needs=["ae"])
+    cli("train-mdlm", "train-mdlm", base, *compute, *seeded, needs=["mdlm"])
+    cli("train-judge", "train-judge", base, *compute, *seeded, needs=["judge"])
+    cli("train-ae", "train-ae", base, *compute, *seeded, needs=["ae"])
     # The perfect-latent bound (oracle corpora): the autoencoder's decoder and budget, its z
     # computed from the true hidden topic instead of BERT states.
     cli("train-bound", "train-ae", base, "--set", f"ae.encoder.name={ORACLE_TOPIC}",
-        "--out", f"{runs}/bound.pt", *compute, needs=["ae", "oracle"])  # fmt: skip
+        "--out", f"{runs}/bound.pt", *compute, *seeded, needs=["ae", "oracle"])  # fmt: skip
     cli("encode", "encode", base, *compute, needs=["ae"])
     if paper:
         sample = ("--split", "train", "--limit", str(PAPER_TRAIN_LATENTS))
         cli("encode-train-sample", "encode", base, *sample, *compute, needs=["ae"])
-    cli("train-prior", "train-prior", base, *compute, needs=["prior"])
-    cli("distill", "distill", base, *compute, needs=["distill"])
+    cli("train-prior", "train-prior", base, *compute, *seeded, needs=["prior"])
+    cli("distill", "distill", base, *compute, *seeded, needs=["distill"])
     students = [f"{runs}/diladiff.pt"]
     for label, args, out in STUDENTS[scale]:
         students.append(f"{runs}/{out}")
         cli(f"distill-{label}", "distill", exp6, *args, "--out", students[-1], *compute,
-            needs=["distill"])  # fmt: skip
+            *seeded, needs=["distill"])  # fmt: skip
 
     analysis = f"{results}/exp1_latent_analysis/analysis"
     # The tiny budget (20 min on 2 cores): fewer held-out blocks than the script's defaults.
     light = () if paper else ("--blocks", "16", "--nelbo-batches", "4", "--analysis-blocks", "12",
                               "--bench-steps", "0")  # fmt: skip
     argv = (python, "scripts/ae_report.py", "--recipe", exp1,
-            "--out-md", f"{analysis}.md", "--out-json", f"{analysis}.json", *light)  # fmt: skip
+            "--out-md", f"{analysis}.md", "--out-json", f"{analysis}.json", *light, *seeded)  # fmt: skip
     inputs = (f"{runs}/ae.pt", f"{runs}/mdlm.pt")
     planned.append((Stage("latent-analysis", argv, "script", f"{analysis}.json", inputs), exp1,
                     ("ae", "mdlm")))  # fmt: skip
@@ -214,8 +224,16 @@ def build_plan(
     sweep = ("--device", "cuda", "--precision", "bf16") if paper else ()
     for number, exp in enumerate(SWEEPS, 2):
         out = f"{results}/{exp}"
-        cli(f"pareto-{exp.split('_')[0]}", "pareto", experiment_recipe(scale, number),
-            "--out", out, *sweep, needs=["pareto"], dist=False)  # fmt: skip
+        recipe = experiment_recipe(scale, number)
+        shifted = ()
+        if seed and (sweeps := load_recipe(ROOT / recipe).pareto) is not None:
+            n = len(sweeps.seeds)
+            shifted = (
+                "--set",
+                f"pareto.seeds=[{', '.join(str(seed * n + s) for s in sweeps.seeds)}]",
+            )
+        cli(f"pareto-{exp.split('_')[0]}", "pareto", recipe, "--out", out, *shifted, *sweep,
+            needs=["pareto"], dist=False)  # fmt: skip
 
     argv = (python, "scripts/report.py", "--scale", scale, "--results", results)
     planned.append((Stage("report", argv, "report"), base, ()))
@@ -476,6 +494,26 @@ def run_plan(
     return 0
 
 
+def claim_seed(runs: Path, seed: int) -> str | None:
+    """Record the pipeline seed in ``runs/pipeline_seed.json``; the reason to refuse when
+    the directory already holds another seed's run (its outputs would be taken as done)."""
+    marker = runs / "pipeline_seed.json"
+    try:
+        held = json.loads(marker.read_text())["seed"]
+    except FileNotFoundError:
+        held = 0 if (runs / "mdlm.pt").exists() else None  # a run from before the marker
+    except (OSError, ValueError, KeyError, TypeError):
+        return f"{marker} is damaged: move {runs} away, or remove the file if it holds seed 0"
+    if held is not None and held != seed:
+        return (
+            f"{runs} holds the pipeline of seed {held}: move it away (or use a fresh clone) "
+            f"to run seed {seed}"
+        )
+    if held is None:
+        atomic_write_json(marker, {"seed": seed})
+    return None
+
+
 def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0],
@@ -494,7 +532,19 @@ def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--only", default=None, help="comma-separated stages to run (pareto: every sweep)"
     )
     p.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
-    p.add_argument("--results", default=None, help="results directory (default results/<scale>)")
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="pipeline seed: N > 0 trains every stage with seed N and samples the sweeps with "
+        "other seeds; results in results/<scale>/pipeline_seed<N> (runs/<scale> must hold "
+        "no other seed's run: use a fresh clone)",
+    )
+    p.add_argument(
+        "--results",
+        default=None,
+        help="results directory (default results/<scale>, or results/<scale>/pipeline_seed<N>)",
+    )
     p.add_argument(
         "--force",
         action="store_true",
@@ -513,8 +563,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
-    results = args.results or f"results/{args.scale}"
-    stages, notes = build_plan(scale=args.scale, nproc=args.nproc, results=results)
+    if args.seed < 0:
+        print(f"error: --seed must be 0 or more, got {args.seed}", file=sys.stderr)
+        return 2
+    default = f"results/{args.scale}" + (f"/pipeline_seed{args.seed}" if args.seed else "")
+    results = args.results or default
+    stages, notes = build_plan(scale=args.scale, nproc=args.nproc, results=results, seed=args.seed)
     try:
         stages = select(stages, args.only)
     except ValueError as err:
@@ -527,6 +581,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         for stage in stages:
             print(f"{stage.name:<24} {display(stage.argv)}")
         return 0
+    clash = claim_seed(ROOT / f"runs/{args.scale}", args.seed)
+    if clash:
+        print(f"error: {clash}", file=sys.stderr)
+        return 2
     env = dict(os.environ)
     if args.scale in CPU_SCALES:  # the CPU scales never touch the hub
         env.setdefault("HF_HUB_OFFLINE", "1")

@@ -637,4 +637,62 @@ def test_headline_lower_bound_when_the_frontiers_share_no_quality(tmp_path):
     ) in head
     line = next(x for x in _sections(text)[5].splitlines() if x.startswith("**Verdict"))
     assert "Speed-up over MDLM: *supported*" in line, line
+    verdicts = json.loads((results / "verdicts.json").read_text())  # the outcomes alone
+    assert verdicts["exp5"]["parts"]["speed-up over MDLM"] == "supported"
+    assert verdicts["exp5"]["overall"] == "mixed"
     assert "Measured: >= 4.00x (the baseline's best quality 6.5 ± 0.03 at 0.04 ± 0.0004 s" in line
+
+
+# ----------------------------------------------------------------------------- pipeline seeds
+
+
+def test_dry_run_seed_seeds_every_training_stage_and_shifts_the_sampling_seeds():
+    commands = dict(_dry_run("--seed", "2"))
+    trains = ("train-mdlm", "train-judge", "train-ae", "train-bound", "train-prior", "distill")
+    students = [name for name in commands if name.startswith("distill-")]
+    for name in (*trains, *students):
+        assert _after_module(tuple(commands[name].split()))[-2:] == ["--seed", "2"], name
+    assert commands["encode"].endswith("encode recipes/oracle/default.yaml")  # deterministic
+    assert commands["latent-analysis"].endswith("--bench-steps 0 --seed 2")
+    # three sampling seeds per cell in the recipes: seed 2 samples with 6, 7, 8
+    for i, exp in enumerate(reproduce.SWEEPS, 2):
+        assert commands[f"pareto-exp{i}"].endswith(
+            f"--out results/oracle/pipeline_seed2/{exp} --set 'pareto.seeds=[6, 7, 8]'"
+        )
+    assert commands["report"].endswith("--results results/oracle/pipeline_seed2")
+    # seed 0 is the recipes as written: no --seed anywhere
+    assert not any("--seed" in c.split() for c in dict(_dry_run()).values())
+
+
+def test_a_runs_directory_holds_one_pipeline_seed(tmp_path):
+    runs = tmp_path / "runs"
+    assert reproduce.claim_seed(runs, 1) is None  # a fresh directory takes the seed
+    assert json.loads((runs / "pipeline_seed.json").read_text()) == {"seed": 1}
+    assert reproduce.claim_seed(runs, 1) is None  # the same seed resumes
+    assert reproduce.claim_seed(runs, 0) == (
+        f"{runs} holds the pipeline of seed 1: move it away (or use a fresh clone) to run seed 0"
+    )
+    old = tmp_path / "old"  # a run from before the marker is seed 0's
+    old.mkdir()
+    (old / "mdlm.pt").write_bytes(b"")
+    assert reproduce.claim_seed(old, 0) is None
+    assert "holds the pipeline of seed 0" in reproduce.claim_seed(old, 3)
+    (runs / "pipeline_seed.json").write_text("{")
+    assert "is damaged" in reproduce.claim_seed(runs, 1)
+
+
+def test_compare_verdicts_table_and_exit_status(tmp_path, capsys):
+    compare = _load("compare_verdicts")
+    a, b = tmp_path / "a", tmp_path / "b"
+    for d, pools in ((a, "supported"), (b, "inconclusive")):
+        d.mkdir()
+        record = {"exp1": {"overall": "x", "parts": {"noise curve": "supported", "pools": pools}}}
+        (d / "verdicts.json").write_text(json.dumps(record))
+    assert compare.main([str(a), str(b)]) == 1
+    out = capsys.readouterr().out
+    assert "| exp1 | pools | supported | inconclusive | **no** |" in out
+    assert "| exp1 | noise curve | supported | supported | yes |" in out
+    assert "1 of 2 verdicts agree." in out
+    assert compare.main([str(a), str(a)]) == 0
+    with pytest.raises(SystemExit, match="run scripts/report.py first"):
+        compare.main([str(a), str(tmp_path / "missing")])
