@@ -18,6 +18,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from diladiff_cli.analysis.verdicts import agreement
+
 
 def read_verdicts(results: Path) -> dict[str, Any]:
     path = results / "verdicts.json" if results.is_dir() else results
@@ -32,33 +34,22 @@ def read_verdicts(results: Path) -> dict[str, Any]:
     return record
 
 
-def compare(runs: list[dict[str, Any]]) -> tuple[list[list[str]], int]:
-    """Rows ``[experiment, part, outcome per run..., agree]`` and the number that differ."""
-    rows, differ = [], 0
-    for exp in sorted({e for run in runs for e in run}):
-        parts = sorted({p for run in runs for p in run.get(exp, {}).get("parts", {})})
-        for part in parts:
-            outcomes = [run.get(exp, {}).get("parts", {}).get(part, "missing") for run in runs]
-            same = len(set(outcomes)) == 1
-            differ += not same
-            rows.append([exp, part, *outcomes, "yes" if same else "**no**"])
-    return rows, differ
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("results", nargs="+", type=Path, help="results directories (two or more)")
     args = p.parse_args(argv)
     if len(args.results) < 2:
         p.error("give two or more results directories")
-    rows, differ = compare([read_verdicts(r) for r in args.results])
+    rows = agreement([read_verdicts(r) for r in args.results])
     header = ["experiment", "part", *(str(r) for r in args.results), "agree"]
     print("| " + " | ".join(header) + " |")
     print("| " + " | ".join("---" for _ in header) + " |")
     for row in rows:
-        print("| " + " | ".join(row) + " |")
-    print(f"\n{len(rows) - differ} of {len(rows)} verdicts agree.")
-    return 1 if differ else 0
+        cells = [row.experiment, row.part, *row.outcomes, "yes" if row.agree else "**no**"]
+        print("| " + " | ".join(cells) + " |")
+    same = sum(row.agree for row in rows)
+    print(f"\n{same} of {len(rows)} verdicts agree.")
+    return 0 if same == len(rows) else 1
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import os
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -42,6 +43,7 @@ from diladiff_cli.analysis.verdicts import (
     SpeedUpBound,
     SpeedUpInterval,
     Verdict,
+    agreement,
     any_of,
     by,
     difference,
@@ -944,6 +946,44 @@ def regime_line(rows: list[dict[str, Any]]) -> list[str]:
     ]
 
 
+def other_trainings(results: Path) -> list[Path]:
+    """The results of the other seeds of the whole pipeline beside this one
+    (``results/<scale>`` and its ``pipeline_seed<N>/``, as ``reproduce.py --seed`` writes
+    them) that have a ``verdicts.json``."""
+    if results.name.startswith("pipeline_seed"):
+        candidates = [results.parent, *sorted(results.parent.glob("pipeline_seed*"))]
+    else:
+        candidates = sorted(results.glob("pipeline_seed*"))
+    return [c for c in candidates if c != results and (c / "verdicts.json").is_file()]
+
+
+def trainings_section(ctx: Context) -> list[str]:
+    """This run's verdicts beside those of the other pipeline seeds: which claims stand
+    across trainings, which the training decides."""
+    others = other_trainings(ctx.results)
+    runs = [{f"exp{i}": v for i, v in ctx.verdicts.items()}]
+    runs += [read_json(o / "verdicts.json") or {} for o in others]
+    rows = agreement(runs)
+    names = ["this run"]
+    for o in others:
+        rel = Path(os.path.relpath(o / "REPORT.md", ctx.results)).as_posix()
+        names.append(f"[{o.name if o != ctx.results.parent else 'seed 0'}]({rel})")
+    same = sum(r.agree for r in rows)
+    return [
+        "## Across trainings",
+        "",
+        f"The verdicts of this run beside those of {len(others)} other seed(s) of the whole "
+        "pipeline (`make reproduce SEED=N`, every training and sampling seed changed). A part "
+        "on which they differ is decided by the training, not by this run's sampling noise: "
+        f"read it as *depends on the training*. {same} of {len(rows)} parts agree.",
+        "",
+        *table(
+            "experiment | part | " + " | ".join(names) + " | agree",
+            [[r.experiment, r.part, *r.outcomes, "yes" if r.agree else "**no**"] for r in rows],
+        ),
+    ]
+
+
 def floor_section(ctx: Context) -> list[str]:
     lines = ["## The judge and the real-text floor", ""]
     candidates = [ctx.results / EXPERIMENTS[i] for i in range(2, 7)] + [ctx.results]
@@ -1086,6 +1126,7 @@ def build_report(ctx: Context) -> str:
             lines.append(f"Not run: no results in `{name}/` (stage {STAGE_OF[i]}).")
         else:
             lines += body
+    lines += ["", *trainings_section(ctx)] if other_trainings(ctx.results) else []
     lines += ["", *prior_section(ctx), "", *conditions_section(ctx, timings)]
     return "\n".join(lines) + "\n"
 

@@ -723,3 +723,25 @@ def test_headline_states_the_mdlm_regime_and_the_gap_to_the_bound(tmp_path):
         "LaDiff 50% ± 2%, DiLaDiff 100% ± 2%; at 4 tokens/pass no gap to close (bound "
         "6.02 ± 0.01 vs MDLM 6 ± 0.01: not better beyond 2 SE)."
     ) in head
+
+
+def test_report_sets_its_verdicts_beside_the_other_pipeline_seeds(tmp_path):
+    results = tmp_path / "results"
+    _synthetic_results(results)
+    assert report.main(["--scale", "tiny", "--results", str(results)]) == 0
+    assert "## Across trainings" not in (results / "REPORT.md").read_text()  # no other seed
+    mine = json.loads((results / "verdicts.json").read_text())
+    other = json.loads(json.dumps(mine))
+    part = next(iter(other["exp5"]["parts"]))
+    flipped = "inconclusive" if mine["exp5"]["parts"][part] != "inconclusive" else "supported"
+    other["exp5"]["parts"][part] = flipped
+    (results / "pipeline_seed1").mkdir()
+    (results / "pipeline_seed1" / "verdicts.json").write_text(json.dumps(other))
+    assert report.main(["--scale", "tiny", "--results", str(results)]) == 0
+    text = (results / "REPORT.md").read_text()
+    section = text.split("## Across trainings")[1].split("\n## ")[0]
+    n = sum(len(v["parts"]) for v in mine.values())
+    assert f"{n - 1} of {n} parts agree." in section
+    header = "| experiment | part | this run | [pipeline_seed1](pipeline_seed1/REPORT.md) | agree |"
+    assert header in section
+    assert f"| exp5 | {part} | {mine['exp5']['parts'][part]} | {flipped} | **no** |" in section

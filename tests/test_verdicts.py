@@ -16,6 +16,7 @@ from diladiff_cli.analysis.verdicts import (
     ONE_SEED,
     Estimate,
     FrontierPoint,
+    agreement,
     all_of,
     any_of,
     difference,
@@ -308,3 +309,13 @@ def test_a_difference_below_the_margin_is_no_claim_either_way():
     assert difference(a, b, claim="higher", margin=0.1).outcome == "inconclusive"
     assert difference(b, a, claim="higher", margin=0.1).outcome == "inconclusive"
     assert difference(Estimate(1.0, 0.01), b, claim="higher", margin=0.1).outcome == "supported"
+
+
+def test_agreement_across_trainings_marks_a_missing_part():
+    a = {"exp2": {"parts": {"equal quality": "supported", "equal throughput": "supported"}}}
+    b = {"exp2": {"parts": {"equal quality": "supported"}}}
+    rows = agreement([a, b])
+    assert [(r.part, r.outcomes, r.agree) for r in rows] == [
+        ("equal quality", ("supported", "supported"), True),
+        ("equal throughput", ("supported", "missing"), False),
+    ]

@@ -856,3 +856,38 @@ def mauve_measure(mauve_real: float | None) -> Measure:
 def quality_measure(rows: list[dict[str, Any]], *, mauve_real: float | None) -> Measure:
     """The primary quality of a sweep: the exact NLL on an oracle corpus, else MAUVE."""
     return ORACLE_NLL if is_oracle(rows) else mauve_measure(mauve_real)
+
+
+# ----------------------------------------------------------------------------- trainings
+
+
+@dataclass(frozen=True)
+class Agreement:
+    """One verdict part across runs of the pipeline (``verdicts.json`` of each).
+
+    Attributes:
+        experiment: ``exp1`` ... ``exp6``.
+        part: the part of the experiment's verdict (``noise curve``, ...).
+        outcomes: its outcome in each run, in the runs' order (``missing`` where absent).
+    """
+
+    experiment: str
+    part: str
+    outcomes: tuple[str, ...]
+
+    @property
+    def agree(self) -> bool:
+        return len(set(self.outcomes)) == 1
+
+
+def agreement(runs: Sequence[dict[str, Any]]) -> list[Agreement]:
+    """Every verdict part of the runs (``verdicts.json`` records, as ``scripts/report.py``
+    writes them) with its outcome in each run: a claim stands across trainings only where
+    every run reaches the same outcome."""
+    rows = []
+    for exp in sorted({e for run in runs for e in run}):
+        parts = sorted({p for run in runs for p in run.get(exp, {}).get("parts", {})})
+        for part in parts:
+            outcomes = tuple(run.get(exp, {}).get("parts", {}).get(part, "missing") for run in runs)
+            rows.append(Agreement(exp, part, outcomes))
+    return rows
