@@ -658,6 +658,7 @@ def decode_latents(
     temperature: float = 1.0,
     top_p: float = 1.0,
     precision: Precision = "fp32",
+    fixed: torch.Tensor | None = None,
 ) -> SampleOutput:
     """Run the decoder's masked diffusion sampler conditioned on latents.
 
@@ -671,6 +672,8 @@ def decode_latents(
         temperature: decoder temperature.
         top_p: nucleus mass.
         precision: autocast precision.
+        fixed: ``(L,)`` given tokens the sampler keeps (``mask_id`` where it draws), or
+            None (see :func:`~diladiff_cli.diffusion.masked.sample_masked`).
 
     Returns:
         The sampler's output, ``tokens`` ``(num, L)``.
@@ -698,4 +701,5 @@ def decode_latents(
         generator=generator,
         device=device,
         time_conditioned=time_cond,
+        fixed=fixed,
     )

@@ -75,16 +75,42 @@ def _contiguous(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 def save_weights(path: str | Path, tensors: dict[str, torch.Tensor], meta: CheckpointMeta) -> None:
     """Atomically write weights and metadata as one safetensors file."""
-    path = Path(path)
-    doc = {
+    doc = meta_document(meta)
+    data = safetensors.torch.save(_contiguous(tensors), metadata={META_KEY: json.dumps(doc)})
+    atomic_write_bytes(Path(path), data)
+
+
+def meta_document(meta: CheckpointMeta) -> dict[str, Any]:
+    """The metadata as the JSON document a weights file holds (versions filled in when
+    ``meta`` has none); :func:`parse_meta` reads it back."""
+    return {
         "stage": meta.stage,
         "step": meta.step,
         "config": meta.config,
         "extra": meta.extra,
         "versions": meta.versions or _versions(),
     }
-    data = safetensors.torch.save(_contiguous(tensors), metadata={META_KEY: json.dumps(doc)})
-    atomic_write_bytes(path, data)
+
+
+def parse_meta(doc: Any, *, source: str) -> CheckpointMeta:
+    """The :class:`CheckpointMeta` of a metadata document (:func:`meta_document`).
+
+    Raises:
+        CheckpointError: a document without the stage, step or config, or of wrong
+            types (one line naming ``source``).
+    """
+    try:
+        return CheckpointMeta(
+            stage=str(doc["stage"]),
+            step=int(doc["step"]),
+            config=dict(doc["config"]),
+            extra=dict(doc.get("extra", {})),
+            versions=dict(doc.get("versions", {})),
+        )
+    except (KeyError, TypeError, ValueError, AttributeError) as err:
+        raise CheckpointError(
+            f"{source}: malformed diladiff metadata ({type(err).__name__}: {err})"
+        ) from None
 
 
 def read_meta(path: str | Path) -> CheckpointMeta:
@@ -114,18 +140,7 @@ def read_meta(path: str | Path) -> CheckpointMeta:
         doc = json.loads(raw)
     except ValueError:
         raise CheckpointError(f"{path}: its diladiff metadata is not valid JSON") from None
-    try:
-        return CheckpointMeta(
-            stage=str(doc["stage"]),
-            step=int(doc["step"]),
-            config=dict(doc["config"]),
-            extra=dict(doc.get("extra", {})),
-            versions=dict(doc.get("versions", {})),
-        )
-    except (KeyError, TypeError, ValueError, AttributeError) as err:
-        raise CheckpointError(
-            f"{path}: malformed diladiff metadata ({type(err).__name__}: {err})"
-        ) from None
+    return parse_meta(doc, source=str(path))
 
 
 def load_checkpoint(path: str | Path, *, stage: str | Iterable[str]) -> Checkpoint:

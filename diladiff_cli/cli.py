@@ -109,6 +109,11 @@ class SelectionOpt(str, Enum):
     confidence = "confidence"
 
 
+class PathOpt(str, Enum):
+    slerp = "slerp"
+    lerp = "lerp"
+
+
 RecipeArg = Annotated[
     Path | None,
     typer.Argument(help="Recipe YAML; default: the embedded tiny recipe.", show_default=False),
@@ -472,6 +477,32 @@ def sample(
         Path | None,
         typer.Option(help="Autoencoder whose decoder decodes z; with --model mdlm: null latent."),
     ] = None,
+    to_text: Annotated[
+        str | None,
+        typer.Option(
+            help="Interpolate: decode points on the latent path from the one --from-text to "
+            "this text (autoencoder)."
+        ),
+    ] = None,
+    points: Annotated[
+        int | None,
+        typer.Option(help="With --to-text: points on the path, both ends included (default 5)."),
+    ] = None,
+    path: Annotated[
+        PathOpt | None,
+        typer.Option(help="With --to-text: slerp (default) or lerp, in the normalised latents."),
+    ] = None,
+    prefix: Annotated[
+        str | None,
+        typer.Option(help="Every sample starts with this text (kept); the rest is drawn."),
+    ] = None,
+    template: Annotated[
+        str | None,
+        typer.Option(
+            help="Draw the masked spans of this text, [MASK] one token, [MASK*3] three (the "
+            "rest is kept); the block after it is drawn too."
+        ),
+    ] = None,
 ) -> None:
     """Sample texts from the MDLM; writes JSONL plus a timing record (<out>.meta.json).
 
@@ -499,6 +530,18 @@ def sample(
     --set ae.encoder.name=oracle-topic --out runs/oracle/bound.pt).
 
     Example: diladiff sample RECIPE --model bound --checkpoint runs/oracle/bound.pt
+
+    Interpolation (autoencoder): --from-text A --to-text B decodes --points latents on
+    the path from A's latent to B's (slerp or lerp in the normalised latent space), each
+    with the same noise; the record states the path.
+
+    Example: diladiff sample --from-text "the king rode" --to-text "the ships waited" --points 5
+
+    Given tokens (mdlm, ladiff, diladiff, bound): --prefix keeps a start and draws the
+    rest; --template keeps its text and draws its masked spans and the block after it.
+    The sampler never changes a given token.
+
+    Example: diladiff sample --ncont 5 --template "the [MASK] rode to the [MASK*2] ."
     """
     given = {
         "checkpoint": checkpoint,
@@ -518,6 +561,8 @@ def sample(
     if dry_run:
         return _dry_run(cfg.sample)
     from diladiff_cli.sample import (
+        Interpolation,
+        Prompt,
         Sources,
         generate,
         resolve_request,
@@ -525,6 +570,24 @@ def sample(
         write_samples,
     )
 
+    interpolation = None
+    if to_text is None and (points is not None or path is not None):
+        raise DiladiffError("--points and --path need --to-text (interpolation)")
+    if to_text is not None:
+        if not from_text:
+            raise DiladiffError(
+                "--to-text needs --from-text: the path runs from its latent to --to-text's"
+            )
+        if len(from_text) > 1 or reconstruct:
+            raise DiladiffError("--to-text interpolates from exactly one --from-text")
+        interpolation = Interpolation(
+            source=from_text[0],
+            target=to_text,
+            points=5 if points is None else points,
+            path=path.value if path is not None else "slerp",
+            truncate=truncate,
+        )
+    prompt = Prompt.of(prefix=prefix, template=template)
     runtime = _runtime(device)
     if not runtime.is_main:
         return
@@ -532,6 +595,7 @@ def sample(
     request = resolve_request(
         cfg.sample,
         reconstruct=rebuild,
+        interpolate=interpolation is not None,
         ae_checkpoint=encode_section(cfg).checkpoint if rebuild and checkpoint is None else None,
         explicit=frozenset(k for k, v in given.items() if v is not None),
         judge=cfg.judge.out,
@@ -553,6 +617,8 @@ def sample(
                 data_dir=cfg.data.out,
                 truncate=truncate,
             ),
+            interpolation=interpolation,
+            prompt=prompt,
         )
         meta = write_samples(result, request.out)
     for text in result.texts[:show]:
@@ -841,3 +907,49 @@ def main() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     app(prog_name="diladiff")
     sys.exit(0)
+
+
+@app.command()
+@handles_errors
+def export(
+    source: Annotated[
+        Path, typer.Argument(help="Run directory (runs/oracle) or recipe.", metavar="<source>")
+    ],
+    out_dir: Annotated[Path, typer.Argument(help="Export directory to write.", metavar="<out>")],
+    recipe: Annotated[
+        Path | None,
+        typer.Option(help="The run's recipe, written beside it (default: SOURCE if a recipe)."),
+    ] = None,
+    quality: Annotated[
+        Path | None,
+        typer.Option(help="A sweep's pareto.csv: its DiLaDiff cells go into the model card."),
+    ] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing export.")] = False,
+    dry_run: DryRunOpt = False,
+) -> None:
+    """Write a trained pipeline as Hugging Face-style directories with a model card
+    (config.json + model.safetensors per part, the tokenizer, the recipe); Pipeline.load
+    and load_exported read it back, from the directory or a hub id after push.
+
+    Example: diladiff export runs/oracle exports/oracle --recipe recipes/oracle/default.yaml
+    """
+    from diladiff_cli.export import PipelinePaths, export_pipeline, measured_from_sweep
+    from diladiff_cli.pipeline import Pipeline
+
+    recipe = recipe or (source if source.is_file() else None)
+    cfg = _load(recipe, None, {}) if recipe is not None else None
+    paths = PipelinePaths.from_parts(Pipeline.load(source, device="cpu").parts)
+    if dry_run:
+        return _print_json({"out": str(out_dir), "parts": paths.parts()})
+    measured = measured_from_sweep(quality) if quality is not None else None
+    written = export_pipeline(
+        paths=paths,
+        out_dir=out_dir,
+        recipe_text=yaml.safe_dump(to_dict(cfg), sort_keys=False) if cfg else None,
+        recipe_name=cfg.name if cfg else None,
+        description=(cfg.description or "") if cfg else "",
+        sample=cfg.sample if cfg else None,
+        measured=measured,
+        overwrite=overwrite,
+    )
+    _print_json({"export": str(written)})

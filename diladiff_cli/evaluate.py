@@ -181,6 +181,30 @@ class EvalRecord:
     reference_oracle: OracleMeasures | None = None
 
 
+@dataclass(frozen=True)
+class TextScores:
+    """What the recipe's scorer says of free texts (:meth:`Evaluator.score_texts`).
+
+    Attributes:
+        num_texts: texts scored.
+        genppl: their GenPPL under the scorer (token-weighted); under the exact scorer
+            ``oracle``, the oracle's perplexity.
+        genppl_tokens: scorer tokens (oracle: words) scored.
+        entropy: mean unigram entropy of their decoder tokens (nats).
+        scorer: the scorer's name.
+        eos: the EOS policy applied before scoring.
+        oracle: the exact scorer's measures (oracle corpora only).
+    """
+
+    num_texts: int
+    genppl: float
+    genppl_tokens: int
+    entropy: float
+    scorer: str
+    eos: str
+    oracle: OracleMeasures | None = None
+
+
 def speed_from_meta(meta: dict[str, Any], *, source: str = "meta record") -> Speed:
     """The :class:`Speed` of a sample set from its ``.meta.json`` record."""
     timing = meta.get("timing")
@@ -361,7 +385,7 @@ def load_scorer(name: str, device: torch.device) -> tuple[Any, Any]:
     """
     from transformers import AutoModelForCausalLM
 
-    if hub._looks_like_path(name) and not Path(name).expanduser().is_dir():
+    if hub.looks_like_path(name) and not Path(name).expanduser().is_dir():
         raise DiladiffError(
             f"scorer {name} not found: train it with `diladiff train-judge` "
             "or set eval.scorer.name (e.g. gpt2-large)"
@@ -622,13 +646,58 @@ class Evaluator:
                 f"({self.info.fingerprint}): the oracle cannot score it"
             )
 
-    def oracle_words(self, tokens: np.ndarray) -> list[list[str]]:
+    def oracle_words(self, tokens: np.ndarray | Sequence[Sequence[int]]) -> list[list[str]]:
         """The words of each sample as the oracle reads them: decoded with the special
         tokens kept, so an EOS inside a block is counted (out of the vocabulary)."""
-        return [
-            words_of(self.tokenizer.decode(row, skip_special_tokens=False))
-            for row in tokens.tolist()
-        ]
+        rows = tokens.tolist() if isinstance(tokens, np.ndarray) else tokens
+        return [words_of(self.tokenizer.decode(row, skip_special_tokens=False)) for row in rows]
+
+    def _quality(
+        self, texts: list[str], words: list[list[str]] | None, *, what: str
+    ) -> tuple[OracleMeasures | None, float, int]:
+        """The oracle's measures of ``words`` (oracle corpora: given, else None), and the
+        GenPPL of ``texts`` with the number of tokens scored (the exact scorer: the oracle's).
+
+        Raises:
+            DiladiffError: nothing to score.
+        """
+        exact = None
+        if self.oracle is not None and words is not None:
+            self._log(f"eval {what}: oracle")
+            exact = self.oracle.measure(words)
+        if self.exact:
+            genppl_value, genppl_tokens = exact.ppl, exact.words
+        else:
+            self._log(f"eval {what}: GenPPL")
+            ppl = self.scorers.genppl(texts)
+            genppl_value, genppl_tokens = ppl.genppl, ppl.total_tokens
+        if genppl_tokens == 0:
+            raise DiladiffError(f"{what}: no sample has any text to score")
+        return exact, genppl_value, genppl_tokens
+
+    def score_texts(self, texts: Sequence[str]) -> TextScores:
+        """Score free texts as :meth:`evaluate` scores samples: each text is tokenised
+        by the data's tokenizer, then goes the samples' way (EOS policy, oracle words,
+        GenPPL, entropy). No references, no MAUVE.
+
+        Raises:
+            DiladiffError: no text, or nothing in them to score.
+        """
+        if not texts:
+            raise DiladiffError("nothing to score: no texts")
+        ids = self.tokenizer(list(texts), add_special_tokens=False)["input_ids"]
+        kept, decoded = self.text(ids)
+        words = self.oracle_words(ids) if self.oracle is not None else None
+        exact, genppl_value, genppl_tokens = self._quality(decoded, words, what="texts")
+        return TextScores(
+            num_texts=len(decoded),
+            genppl=genppl_value,
+            genppl_tokens=genppl_tokens,
+            entropy=entropy(kept),
+            scorer=self.cfg.scorer.name,
+            eos=self.cfg.eos,
+            oracle=exact,
+        )
 
     def evaluate(self, path: str | Path) -> EvalRecord:
         """Evaluate one sample file (nothing is written)."""
@@ -637,18 +706,8 @@ class Evaluator:
         speed = speed_from_meta(samples.meta, source=str(meta_path(samples.path)))
         num_refs = self.check(samples)
         kept, texts = self.text(samples.tokens.tolist())
-        exact = None
-        if self.oracle is not None:
-            self._log(f"eval {samples.path}: oracle")
-            exact = self.oracle.measure(self.oracle_words(samples.tokens))
-        if self.exact:
-            genppl_value, genppl_tokens = exact.ppl, exact.words
-        else:
-            self._log(f"eval {samples.path}: GenPPL")
-            ppl = self.scorers.genppl(texts)
-            genppl_value, genppl_tokens = ppl.genppl, ppl.total_tokens
-        if genppl_tokens == 0:
-            raise DiladiffError(f"{samples.path}: no sample has any text to score")
+        words = self.oracle_words(samples.tokens) if self.oracle is not None else None
+        exact, genppl_value, genppl_tokens = self._quality(texts, words, what=str(samples.path))
         ref = self._reference_scores(num_refs)
         mauve, settings = None, None
         if self.cfg.mauve.enabled:

@@ -59,8 +59,8 @@ def hub_reachable(timeout: float = PROBE_TIMEOUT_S) -> bool:
         return False
 
 
-def _looks_like_path(name: str) -> bool:
-    # A hub id is "name" or "org/name"; anything else can only be a local path.
+def looks_like_path(name: str) -> bool:
+    """Whether ``name`` can only be a local path: a hub id is ``name`` or ``org/name``."""
     return name.startswith(("/", "./", "../", "~")) or name.count("/") > 1 or "\\" in name
 
 
@@ -77,7 +77,7 @@ def _is_hub_failure(err: BaseException) -> bool:
     return module in {"httpx", "httpx2", "requests", "urllib3"}
 
 
-def _from_pretrained(loader: Callable[..., Any], name: str, kw: dict[str, Any]) -> Any:
+def from_pretrained(loader: Callable[..., Any], name: str, kw: dict[str, Any]) -> Any:
     """Call ``loader(name, **kw)`` with the fast failure policy of this module."""
     if Path(name).expanduser().is_dir():
         try:
@@ -87,7 +87,7 @@ def _from_pretrained(loader: Callable[..., Any], name: str, kw: dict[str, Any]) 
                 raise
             first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             raise DiladiffError(f"cannot load '{name}': {first}") from err
-    if _looks_like_path(name):
+    if looks_like_path(name):
         raise DiladiffError(f"cannot load '{name}': {_UNREACHABLE}")
     if not hub_offline() and not kw.get("local_files_only") and not hub_reachable():
         kw = {**kw, "local_files_only": True}  # the cache may still hold it; never retry
@@ -114,7 +114,7 @@ def load_tokenizer(name_or_dir: str, **kw: Any) -> Any:
     """
     from transformers import AutoTokenizer
 
-    return _from_pretrained(AutoTokenizer.from_pretrained, name_or_dir, kw)
+    return from_pretrained(AutoTokenizer.from_pretrained, name_or_dir, kw)
 
 
 def load_auto_model(name_or_dir: str, cls: Any = None, **kw: Any) -> Any:
@@ -135,7 +135,7 @@ def load_auto_model(name_or_dir: str, cls: Any = None, **kw: Any) -> Any:
         from transformers import AutoModel
 
         cls = AutoModel
-    return _from_pretrained(cls.from_pretrained, name_or_dir, kw)
+    return from_pretrained(cls.from_pretrained, name_or_dir, kw)
 
 
 def gpt2_tokenizer_dir(cache_dir: str | Path) -> Path:

@@ -1,6 +1,6 @@
 """Generation with timing: one entry, :func:`generate`, for every model.
 
-Six modes, compared on equal footing (one batch loop, one timing record):
+Eight modes, compared on equal footing (one batch loop, one timing record):
 
 * ``mdlm``: the base MDLM checkpoint (``train-mdlm``), or an autoencoder checkpoint,
   whose decoder then runs with the null latent (the same network LaDiff decodes with);
@@ -9,6 +9,11 @@ Six modes, compared on equal footing (one batch loop, one timing record):
 * ``diladiff``: z from the distilled MeanFlow student (``ncont``, ~5), then the decoder;
 * ``reconstruct``: z from the autoencoder's encoder on given texts or held-out blocks,
   then the decoder (stage 1's reconstruction; the record holds the token accuracy);
+* ``interpolate``: the latents of two texts, points on a path between them in the
+  normalised latent space (:func:`latent_path`), each decoded alone with the same noise,
+  so that the points differ only by their latent (the record states the path);
+* ``decode``: given normalised latents (the Python API's ``Pipeline.decode``), then the
+  decoder;
 * ``ar``: the autoregressive baseline, the GenPPL judge (``train-judge``) as a generator:
   BOS, then one token per forward pass with its key-value cache (Hugging Face
   ``generate``), a whole block like the MDLM's. Ndisc and selection do not apply: its
@@ -18,7 +23,12 @@ Six modes, compared on equal footing (one batch loop, one timing record):
   through the compressor, then the decoder (the record lists the topics drawn).
 
 Every batch ``b`` decodes with a generator seeded :func:`batch_seed` ``(seed, b)`` (``ar``:
-the device's global generator, seeded so for the batch and restored afterwards).
+the device's global generator, seeded so for the batch and restored afterwards;
+``interpolate``: every point is a batch of one, seeded as batch 0).
+
+A :class:`Prompt` (``mdlm``, ``ladiff``, ``diladiff``, ``bound``) places given tokens in
+every block, which the masked sampler keeps and never changes: a prefix to continue, or
+a template whose masked spans it fills (:func:`fixed_tokens`).
 
 Output of :func:`write_samples`, both files written atomically:
 
@@ -34,6 +44,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import re
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -47,7 +58,7 @@ from diladiff_cli.ae import LoadedAutoencoder, decode_latents, load_autoencoder
 from diladiff_cli.checkpoint import read_meta
 from diladiff_cli.config.stages import ORACLE_TOPIC, SampleConfig, Selection
 from diladiff_cli.config.train import Precision
-from diladiff_cli.data import special_ids
+from diladiff_cli.data import DataRecord, special_ids
 from diladiff_cli.diffusion.masked import SampleOutput, sample_masked
 from diladiff_cli.distributed import Runtime, device_name, synchronize
 from diladiff_cli.encode import encode_texts
@@ -155,7 +166,167 @@ class Sources:
     truncate: bool = False  # cut texts too long for the encoder or a block (else refuse)
 
 
-Model = Literal["mdlm", "ladiff", "diladiff", "reconstruct", "ar", "bound"]
+PathKind = Literal["slerp", "lerp"]
+
+
+@dataclass(frozen=True)
+class Interpolation:
+    """What ``interpolate`` decodes: points on a path between the latents of two texts.
+
+    Attributes:
+        source: the text at t = 0.
+        target: the text at t = 1.
+        points: points on the path, both ends included (at least 2), at evenly spaced t.
+        path: ``slerp`` or ``lerp`` (:func:`latent_path`).
+        truncate: cut texts longer than the encoder's max length (else refuse).
+    """
+
+    source: str
+    target: str
+    points: int = 5
+    path: PathKind = "slerp"
+    truncate: bool = False
+
+    def __post_init__(self) -> None:
+        if self.points < 2:
+            raise DiladiffError(f"--points must be at least 2 (the two ends), got {self.points}")
+        if self.path not in ("slerp", "lerp"):
+            raise DiladiffError(f"--path must be slerp or lerp, got {self.path!r}")
+
+
+MASK_SPAN = re.compile(r"\[MASK(?:\*(\d+))?\]")
+"""A masked span of a template: ``[MASK]`` (one token) or ``[MASK*N]`` (N tokens)."""
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """Tokens the masked sampler keeps: exactly one of a prefix or a template.
+
+    Attributes:
+        prefix: text every sample starts with (after BOS); the rest is drawn.
+        template: text whose masked spans (:data:`MASK_SPAN`) are drawn, placed after
+            BOS; the block after it is drawn too.
+    """
+
+    prefix: str | None = None
+    template: str | None = None
+
+    def __post_init__(self) -> None:
+        if (self.prefix is None) == (self.template is None):
+            raise DiladiffError("give one of --prefix and --template")
+
+    @classmethod
+    def of(cls, *, prefix: str | None, template: str | None) -> Prompt | None:
+        """The prompt of ``--prefix`` / ``--template``; None when neither is given."""
+        if prefix is None and template is None:
+            return None
+        return cls(prefix=prefix, template=template)
+
+    def record(self) -> dict[str, str]:
+        """What the samples' record says of the prompt."""
+        if self.prefix is not None:
+            return {"prefix": self.prefix}
+        return {"template": str(self.template)}
+
+
+def fixed_tokens(prompt: Prompt, *, tokenizer: Any, data: DataRecord) -> torch.Tensor:
+    """The block the masked sampler starts from: ``(L,)`` long, BOS first and EOS last
+    (as in every prepared block), the prompt's tokens from position 1, ``mask_id``
+    wherever the sampler draws.
+
+    Raises:
+        DiladiffError: an empty prefix, a template with no masked span, or a prompt
+            longer than the L - 2 tokens between BOS and EOS.
+    """
+    if prompt.prefix is not None:
+        option, ids = "--prefix", _text_ids(tokenizer, prompt.prefix)
+        if not ids:
+            raise DiladiffError("--prefix is empty: give the text every sample starts with")
+    else:
+        option, ids = "--template", _template_ids(tokenizer, str(prompt.template), data.mask_id)
+    room = data.seq_len - 2
+    if len(ids) > room:
+        raise DiladiffError(
+            f"{option} is {len(ids)} tokens, longer than the {room} a block holds between its "
+            "BOS and EOS: shorten it"
+        )
+    fixed = torch.full((data.seq_len,), data.mask_id, dtype=torch.long)
+    fixed[0], fixed[-1] = data.bos_id, data.eos_id
+    fixed[1 : 1 + len(ids)] = torch.tensor(ids, dtype=torch.long)
+    return fixed
+
+
+def _text_ids(tokenizer: Any, text: str) -> list[int]:
+    """Decoder token ids of a text, no special token added."""
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def _template_ids(tokenizer: Any, template: str, mask_id: int) -> list[int]:
+    """A template's token ids, ``mask_id`` for each token of its masked spans.
+
+    The text before a span loses its trailing spaces: with a byte-level BPE the drawn
+    token carries its own leading space (" king"), as in running text.
+    """
+    spans = list(MASK_SPAN.finditer(template))
+    if not spans:
+        raise DiladiffError(
+            "--template has no masked span: mark the tokens to draw with [MASK] (one token) "
+            "or [MASK*N] (N tokens)"
+        )
+    ids: list[int] = []
+    start = 0
+    for span in spans:
+        count = int(span.group(1) or 1)
+        if count < 1:
+            raise DiladiffError(f"--template: {span.group(0)} masks no token (N must be >= 1)")
+        ids += _text_ids(tokenizer, template[start : span.start()].rstrip())
+        ids += [mask_id] * count
+        start = span.end()
+    return ids + _text_ids(tokenizer, template[start:])
+
+
+def latent_path(
+    start: torch.Tensor, end: torch.Tensor, *, points: int, path: PathKind
+) -> torch.Tensor:
+    """``points`` latents at evenly spaced t from ``start`` (t = 0) to ``end`` (t = 1).
+
+    Both ends are ``(N, D)`` normalised latents (what the prior models and the decoder
+    takes: per-entry unit scale for ``latent_norm: stats``, norm sqrt(D) per latent
+    vector for ``l2``). ``lerp``: (1 - t) a + t b. ``slerp`` (Shoemake 1985; White 2016
+    for generative models' Gaussian latents), per latent vector of D entries:
+    sin((1 - t) theta) / sin(theta) a + sin(t theta) / sin(theta) b, theta the angle
+    between a and b: it keeps a vector near the norm of its ends where lerp's midpoint
+    shrinks it (exactly on the sphere for ``l2``); (anti)parallel vectors, where theta
+    is 0 or pi, take lerp's weights. The weights at t = 0 and t = 1 are exactly 1 and 0,
+    so the ends are exactly ``start`` and ``end``.
+
+    Args:
+        start: ``(N, D)``.
+        end: ``(N, D)``.
+        points: at least 2.
+        path: ``slerp`` or ``lerp``.
+
+    Returns:
+        ``(points, N, D)`` in ``start``'s dtype.
+    """
+    t = torch.arange(points, dtype=torch.float64) / (points - 1)  # (P,): exactly 0 ... 1
+    a, b = start.double(), end.double()  # (N, D)
+    w_a = (1 - t)[:, None].expand(points, a.shape[0])  # (P, N)
+    w_b = t[:, None].expand(points, a.shape[0])
+    if path == "slerp":
+        cos = (a * b).sum(-1) / (a.norm(dim=-1) * b.norm(dim=-1)).clamp_min(1e-12)  # (N,)
+        theta = cos.clamp(-1.0, 1.0).arccos()
+        sin = theta.sin()
+        curved = sin > 1e-6
+        safe = torch.where(curved, sin, torch.ones_like(sin))
+        w_a = torch.where(curved, ((1 - t)[:, None] * theta).sin() / safe, w_a)
+        w_b = torch.where(curved, (t[:, None] * theta).sin() / safe, w_b)
+    return (w_a[..., None] * a + w_b[..., None] * b).to(start.dtype)  # (P, N, D)
+
+
+Model = Literal["mdlm", "ladiff", "diladiff", "reconstruct", "interpolate", "decode", "ar", "bound"]
+PROMPTED: tuple[Model, ...] = ("mdlm", "ladiff", "diladiff", "bound")
+"""The modes that draw whole blocks with the masked sampler, so take a :class:`Prompt`."""
 LatentDraw = Callable[[int, int], "tuple[torch.Tensor | None, float, float]"]
 """``draw(batch, size) -> (z (size, N, D) or None, seconds, forward passes)``."""
 Decode = Callable[[torch.Tensor | None, int, torch.Generator], SampleOutput]
@@ -177,6 +348,7 @@ class _Plan:
     latent_passes: float | None = None  # fixed latent passes per batch (reconstruct: 1)
     drawn: int | None = None  # tokens drawn per sample: seq_len, or fewer (ar: BOS is given)
     not_applicable: tuple[str, ...] = ()  # settings the mode ignores: recorded as None
+    shared_noise: bool = False  # every batch draws with batch 0's seed (interpolate)
 
 
 @dataclass(frozen=True)
@@ -194,14 +366,16 @@ def resolve_request(
     cfg: SampleConfig,
     *,
     reconstruct: bool = False,
+    interpolate: bool = False,
     ae_checkpoint: str | None = None,
     explicit: frozenset[str] = frozenset(),
     judge: str | None = None,
 ) -> SampleRequest:
     """Map the recipe's ``sample`` section to a model, its checkpoints and an output.
 
-    * reconstruct: the autoencoder (``cfg.checkpoint`` when given, else
-      ``ae_checkpoint``), written to ``reconstruct.jsonl`` beside ``cfg.out``;
+    * reconstruct (interpolate): the autoencoder (``cfg.checkpoint`` when given, else
+      ``ae_checkpoint``), written to ``reconstruct.jsonl`` (``interpolate.jsonl``)
+      beside ``cfg.out``;
     * ``ar``: the judge directory (``cfg.checkpoint`` when given, else ``judge``), to
       ``ar.jsonl`` beside ``cfg.out``;
     * ``bound``: the bound autoencoder (an explicit ``checkpoint``: the recipe names
@@ -213,6 +387,7 @@ def resolve_request(
     Args:
         cfg: the ``sample`` section, options already applied.
         reconstruct: decode from the latents of given texts or blocks.
+        interpolate: decode points on the latent path between two texts.
         ae_checkpoint: the recipe's autoencoder (its ``encode`` section's checkpoint).
         explicit: which of ``checkpoint``, ``out``, ``ncont``, ``autoencoder`` the user
             gave: an explicit output is kept as it is; an explicit ``ncont`` is checked
@@ -220,12 +395,14 @@ def resolve_request(
         judge: the recipe's judge directory (its ``judge`` section's out).
     """
     out = Path(cfg.out)
-    if reconstruct:
+    if reconstruct or interpolate:
+        mode = "interpolate" if interpolate else "reconstruct"
         checkpoint = cfg.checkpoint if "checkpoint" in explicit else ae_checkpoint
         if checkpoint is None:
-            raise DiladiffError("reconstruction needs an autoencoder (--checkpoint)")
-        name = out if "out" in explicit else out.with_name("reconstruct.jsonl")
-        return SampleRequest("reconstruct", str(checkpoint), None, None, str(name))
+            what = "interpolation" if interpolate else "reconstruction"
+            raise DiladiffError(f"{what} needs an autoencoder (--checkpoint)")
+        name = out if "out" in explicit else out.with_name(f"{mode}.jsonl")
+        return SampleRequest(mode, str(checkpoint), None, None, str(name))
     if cfg.model == "ar":
         checkpoint = cfg.checkpoint if "checkpoint" in explicit else judge
         if checkpoint is None:
@@ -275,19 +452,24 @@ def generate(
     reporter: Reporter | None = None,
     latent_cache: str | Path | None = None,
     sources: Sources | None = None,
+    interpolation: Interpolation | None = None,
+    latents: torch.Tensor | None = None,
+    prompt: Prompt | None = None,
 ) -> SampleResult:
-    """Draw samples from any of the six models and time them.
+    """Draw samples in any of the eight modes and time them.
 
     Args:
-        model: ``mdlm``, ``ladiff``, ``diladiff``, ``reconstruct``, ``ar`` or ``bound``.
+        model: ``mdlm``, ``ladiff``, ``diladiff``, ``reconstruct``, ``interpolate``,
+            ``decode``, ``ar`` or ``bound``.
         checkpoint: ``mdlm``: a ``train-mdlm`` checkpoint, or a ``train-ae`` one (its
             decoder with the null latent); ``ladiff`` / ``diladiff``: the prior / the
-            distilled student; ``reconstruct``: the autoencoder; ``ar``: a
-            ``train-judge`` directory; ``bound``: an autoencoder trained with
-            ``encoder.name: oracle-topic``.
+            distilled student; ``reconstruct``, ``interpolate``, ``decode``: the
+            autoencoder; ``ar``: a ``train-judge`` directory; ``bound``: an autoencoder
+            trained with ``encoder.name: oracle-topic``.
         settings: the discrete sampler's settings (``num_samples`` is ignored by
-            ``reconstruct``: one sample per source; ``ar`` ignores ``ndisc`` and
-            ``selection``, which every other model needs).
+            ``reconstruct``, ``interpolate`` and ``decode``: one sample per source, point
+            or latent; ``interpolate`` decodes in batches of one; ``ar`` ignores
+            ``ndisc`` and ``selection``, which every other model needs).
         runtime: device.
         autoencoder: ``ladiff`` / ``diladiff``: the autoencoder whose decoder turns z
             into tokens (the latent model must have been trained on its latents).
@@ -301,35 +483,56 @@ def generate(
             draws each z once; the timing record still carries the latent stage's
             measured cost. None: no cache.
         sources: ``reconstruct``: what to encode.
+        interpolation: ``interpolate``: the two texts and the path.
+        latents: ``decode``: ``(B, N, D)`` normalised latents.
+        prompt: ``mdlm``, ``ladiff``, ``diladiff``, ``bound``: given tokens every block
+            keeps (:func:`fixed_tokens`); None: every position is drawn.
 
     Raises:
         DiladiffError: a latent model of another kind or trained on another
             autoencoder's latents, ncont < 1, sources missing or too long, no ndisc or
             selection (all but ``ar``), an ``ar`` checkpoint that is no judge directory,
-            a ``bound`` checkpoint that is not the bound.
+            a ``bound`` checkpoint that is not the bound, no interpolation or latents
+            for their mode, latents of another shape, a prompt for another mode, too
+            long, or a template with no masked span.
     """
+    if prompt is not None and model not in PROMPTED:
+        raise DiladiffError(
+            f"--prefix and --template apply to {', '.join(PROMPTED)}, not to {model}"
+        )
     if model == "ar":
         plan = _ar_plan(checkpoint, settings, runtime, precision)
     elif settings.ndisc is None or settings.selection is None:
         raise DiladiffError(f"--model {model} needs --ndisc and --selection")
     elif model == "reconstruct":
         plan = _reconstruct_plan(checkpoint, settings, runtime, precision, sources or Sources())
+    elif model == "interpolate":
+        if interpolation is None:
+            raise DiladiffError("interpolate needs two texts (--from-text and --to-text)")
+        settings = dataclasses.replace(settings, batch_size=1)  # each point alone
+        plan = _interpolation_plan(checkpoint, interpolation, settings, runtime, precision)
+    elif model == "decode":
+        if latents is None:
+            raise DiladiffError("decode needs the latents to decode")
+        plan = _decode_plan(checkpoint, latents, settings, runtime, precision)
     elif model == "bound":
-        plan = _bound_plan(checkpoint, settings, runtime, precision)
+        plan = _bound_plan(checkpoint, settings, runtime, precision, prompt)
     elif model == "mdlm" and _stage(checkpoint) != "ae":
-        plan = _mdlm_plan(checkpoint, settings, runtime, precision)
+        plan = _mdlm_plan(checkpoint, settings, runtime, precision, prompt)
     elif model == "mdlm":
-        plan = _latent_plan(checkpoint, None, None, settings, runtime, precision, None)
+        plan = _latent_plan(checkpoint, None, None, settings, runtime, precision, None, prompt)
     else:
         if autoencoder is None:
             raise DiladiffError(f"--model {model} needs an autoencoder to decode its latents")
         plan = _latent_plan(
-            autoencoder, checkpoint, ncont, settings, runtime, precision, latent_cache
+            autoencoder, checkpoint, ncont, settings, runtime, precision, latent_cache, prompt
         )
         if plan.info["model"] != model:
             raise DiladiffError(
                 f"{checkpoint} is a {plan.info['model']} latent model, not a {model} one"
             )
+    if prompt is not None:
+        plan.info["prompt"] = prompt.record()
     return _run(plan, settings, runtime.device, reporter)
 
 
@@ -348,7 +551,8 @@ def _run(
             z, seconds, latent_forwards = plan.draw(b, size)
             seconds_latent += seconds
             latent_passes.append(latent_forwards)
-            gen = torch.Generator(device=device).manual_seed(batch_seed(settings.seed, b))
+            seed = batch_seed(settings.seed, 0 if plan.shared_noise else b)
+            gen = torch.Generator(device=device).manual_seed(seed)
             synchronize(device)
             t0 = time.perf_counter()
             out = plan.decode(z, size, gen)
@@ -403,13 +607,19 @@ def _no_latent(batch: int, size: int) -> tuple[None, float, float]:
 
 
 def _mdlm_plan(
-    checkpoint: str | Path, settings: SampleSettings, runtime: Runtime, precision: Precision
+    checkpoint: str | Path,
+    settings: SampleSettings,
+    runtime: Runtime,
+    precision: Precision,
+    prompt: Prompt | None,
 ) -> _Plan:
     """A ``train-mdlm`` checkpoint with the masked diffusion sampler."""
     loaded = load_mdlm(checkpoint, device=runtime.device)
     data, net = loaded.data, loaded.model
     seq_len = data.seq_len
     time_cond = loaded.config.time_conditioning
+    tokenizer = load_tokenizer(data.tokenizer)
+    fixed = None if prompt is None else fixed_tokens(prompt, tokenizer=tokenizer, data=data)
 
     def model_fn(tokens: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         with autocast(runtime.device, precision):
@@ -431,6 +641,7 @@ def _mdlm_plan(
             generator=generator,
             device=runtime.device,
             time_conditioned=time_cond,
+            fixed=fixed,
         )
 
     info = {
@@ -448,15 +659,21 @@ def _mdlm_plan(
         description="sample mdlm",
         num=settings.num_samples,
         seq_len=seq_len,
-        tokenizer=load_tokenizer(data.tokenizer),
+        tokenizer=tokenizer,
         decode=decode,
         draw=_no_latent,
         info=info,
     )
 
 
-def _ae_decode(loaded: LoadedAutoencoder, settings: SampleSettings, precision: Precision) -> Decode:
-    """The autoencoder's latent-conditioned decoder with these sampler settings."""
+def _ae_decode(
+    loaded: LoadedAutoencoder,
+    settings: SampleSettings,
+    precision: Precision,
+    fixed: torch.Tensor | None = None,
+) -> Decode:
+    """The autoencoder's latent-conditioned decoder with these sampler settings, keeping
+    the ``fixed`` tokens when given."""
 
     def decode(z: torch.Tensor | None, size: int, generator: torch.Generator) -> SampleOutput:
         return decode_latents(
@@ -469,6 +686,7 @@ def _ae_decode(loaded: LoadedAutoencoder, settings: SampleSettings, precision: P
             temperature=settings.temperature,
             top_p=settings.top_p,
             precision=precision,
+            fixed=fixed,
         )
 
     return decode
@@ -482,17 +700,53 @@ def _decoded_plan(
     name: str,
     draw: LatentDraw,
     info: dict[str, Any],
+    prompt: Prompt | None,
 ) -> _Plan:
     """A plan whose latents ``draw`` makes and whose tokens the autoencoder's decoder
-    draws (mdlm on an autoencoder, ladiff, diladiff, bound)."""
+    draws (mdlm on an autoencoder, ladiff, diladiff, bound), keeping ``prompt``'s tokens."""
+    tokenizer = loaded.decoder_tokenizer
+    fixed = None if prompt is None else fixed_tokens(prompt, tokenizer=tokenizer, data=loaded.data)
     return _Plan(
         description=f"sample {name}",
         num=settings.num_samples,
+        seq_len=loaded.seq_len,
+        tokenizer=tokenizer,
+        decode=_ae_decode(loaded, settings, precision, fixed),
+        draw=draw,
+        info=info,
+    )
+
+
+def _given_latents_plan(
+    loaded: LoadedAutoencoder,
+    latents: torch.Tensor,
+    settings: SampleSettings,
+    precision: Precision,
+    *,
+    description: str,
+    info: dict[str, Any],
+    seconds_latent: float,
+    latent_passes: float,
+    shared_noise: bool = False,
+) -> _Plan:
+    """A plan that decodes given latents ``(num, N, D)`` in order, batch after batch
+    (reconstruct, interpolate, decode)."""
+
+    def draw(batch: int, size: int) -> tuple[torch.Tensor, float, float]:
+        lo = batch * settings.batch_size
+        return latents[lo : lo + size], 0.0, latent_passes
+
+    return _Plan(
+        description=description,
+        num=len(latents),
         seq_len=loaded.seq_len,
         tokenizer=loaded.decoder_tokenizer,
         decode=_ae_decode(loaded, settings, precision),
         draw=draw,
         info=info,
+        seconds_latent=seconds_latent,
+        latent_passes=latent_passes,
+        shared_noise=shared_noise,
     )
 
 
@@ -519,6 +773,7 @@ def _latent_plan(
     runtime: Runtime,
     precision: Precision,
     latent_cache: str | Path | None,
+    prompt: Prompt | None,
 ) -> _Plan:
     """Latent first (prior or student; none: the null latent), then the decoder."""
     device = runtime.device
@@ -538,7 +793,9 @@ def _latent_plan(
         "latent_model": str(Path(latent_model).resolve()) if latent_model is not None else None,
         **_decoder_record(autoencoder, loaded, precision),
     }
-    return _decoded_plan(loaded, settings, precision, name=name, draw=draw, info=info)
+    return _decoded_plan(
+        loaded, settings, precision, name=name, draw=draw, info=info, prompt=prompt
+    )
 
 
 def _latent_draw(
@@ -603,11 +860,6 @@ def _reconstruct_plan(
         source_texts = data.texts(idx)
     synchronize(runtime.device)
     seconds_latent = time.perf_counter() - t0
-
-    def draw(batch: int, size: int) -> tuple[torch.Tensor, float, float]:
-        lo = batch * settings.batch_size
-        return latents[lo : lo + size], 0.0, 1.0
-
     info = {
         "model": "ae-reconstruction",
         **_decoder_record(checkpoint, loaded, precision),
@@ -615,21 +867,100 @@ def _reconstruct_plan(
         "source_tokens": source_tokens,  # replaced by the accuracies after decoding
         "sources": source_texts,
     }
-    return _Plan(
+    return _given_latents_plan(
+        loaded,
+        latents,
+        settings,
+        precision,
         description="reconstruct",
-        num=len(source_tokens),
-        seq_len=loaded.seq_len,
-        tokenizer=loaded.decoder_tokenizer,
-        decode=_ae_decode(loaded, settings, precision),
-        draw=draw,
         info=info,
         seconds_latent=seconds_latent,
         latent_passes=1.0,  # one encoder + compressor pass per source
     )
 
 
+def _interpolation_plan(
+    checkpoint: str | Path,
+    interpolation: Interpolation,
+    settings: SampleSettings,
+    runtime: Runtime,
+    precision: Precision,
+) -> _Plan:
+    """Encode the two texts, each alone (so that each end of the path is exactly the
+    latent of its text), then decode the points of the path, each with the same noise."""
+    loaded = load_autoencoder(checkpoint, device=runtime.device)
+    t0 = time.perf_counter()
+    start, end = (
+        encode_texts(loaded, [text], truncate=interpolation.truncate).latents[0]
+        for text in (interpolation.source, interpolation.target)
+    )  # (N, D) each
+    path = latent_path(start, end, points=interpolation.points, path=interpolation.path)
+    synchronize(runtime.device)
+    seconds_latent = time.perf_counter() - t0
+    info = {
+        "model": "ae-interpolation",
+        **_decoder_record(checkpoint, loaded, precision),
+        "interpolation": {
+            "from": interpolation.source,
+            "to": interpolation.target,
+            "path": interpolation.path,
+            "points": interpolation.points,
+            "t": [i / (interpolation.points - 1) for i in range(interpolation.points)],
+            "space": f"normalised latents (latent_norm {loaded.model.latent_norm})",
+            "noise": "every point decoded alone with the seed of batch 0",
+        },
+    }
+    return _given_latents_plan(
+        loaded,
+        path,
+        settings,
+        precision,
+        description="interpolate",
+        info=info,
+        seconds_latent=seconds_latent,
+        latent_passes=2 / interpolation.points,  # two encoder passes for the whole path
+        shared_noise=True,
+    )
+
+
+def _decode_plan(
+    checkpoint: str | Path,
+    latents: torch.Tensor,
+    settings: SampleSettings,
+    runtime: Runtime,
+    precision: Precision,
+) -> _Plan:
+    """Decode given normalised latents ``(B, N, D)``: no latent stage."""
+    loaded = load_autoencoder(checkpoint, device=runtime.device)
+    shape = loaded.model.latent_shape
+    if latents.ndim != 3 or tuple(latents.shape[1:]) != shape or len(latents) == 0:
+        raise DiladiffError(
+            f"latents of shape {tuple(latents.shape)}: {checkpoint} decodes (B, {shape[0]}, "
+            f"{shape[1]}) with B >= 1"
+        )
+    info = {
+        "model": "ae-decode",
+        **_decoder_record(checkpoint, loaded, precision),
+        "latents": list(latents.shape),
+    }
+    return _given_latents_plan(
+        loaded,
+        latents.detach().float().cpu(),
+        settings,
+        precision,
+        description="decode",
+        info=info,
+        seconds_latent=0.0,
+        latent_passes=0.0,
+    )
+
+
 def _bound_plan(
-    checkpoint: str | Path, settings: SampleSettings, runtime: Runtime, precision: Precision
+    checkpoint: str | Path,
+    settings: SampleSettings,
+    runtime: Runtime,
+    precision: Precision,
+    prompt: Prompt | None,
 ) -> _Plan:
     """The perfect-latent bound: batch b draws each sample's topic from the oracle's prior
     (a generator seeded :func:`batch_seed` ``(seed, b)``), runs the compressor on its
@@ -669,7 +1000,9 @@ def _bound_plan(
         **_decoder_record(checkpoint, loaded, precision),
         "topics": drawn,  # filled by draw() as the batch loop runs
     }
-    return _decoded_plan(loaded, settings, precision, name="bound", draw=draw, info=info)
+    return _decoded_plan(
+        loaded, settings, precision, name="bound", draw=draw, info=info, prompt=prompt
+    )
 
 
 def _ar_plan(
@@ -839,7 +1172,7 @@ def _text_sources(
     bos, eos, seq_len = loaded.data.bos_id, loaded.data.eos_id, loaded.seq_len
     sources = []
     for i, text in enumerate(texts):
-        ids = loaded.decoder_tokenizer(text, add_special_tokens=False)["input_ids"]
+        ids = _text_ids(loaded.decoder_tokenizer, text)
         if len(ids) + 2 > seq_len:
             if not truncate:
                 raise DiladiffError(

@@ -236,6 +236,11 @@ CASES = [
     ),
     case(["encode", "--limit", "-1"], "encode.limit must be at least 0, got -1", "encode-limit"),
     case(
+        ["export", MICRO, "out", "--recipe", "missing.yaml"],
+        "recipe file not found: missing.yaml",
+        "export-recipe-missing",
+    ),
+    case(
         ["encode", *sets("encode.shard_size=0")],
         "encode.shard_size must be at least 1, got 0",
         "encode-shard",

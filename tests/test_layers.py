@@ -17,16 +17,25 @@ PACKAGE = Path(__file__).resolve().parent.parent / "diladiff_cli"
 # Lowest first. A module not listed here fails the test: place it when you add it.
 LAYERS: list[tuple[str, ...]] = [
     ("__init__", "errors", "structs", "files", "locks", "config"),  # recipes and types, torch-free
-    ("hub", "oracle", "data", "checkpoint", "distributed", "objective"),  # files, processes
+    (
+        "hub",
+        "oracle",
+        "data",
+        "checkpoint",
+        "distributed",
+        "objective",
+        "tracking",
+    ),  # files, processes
     ("models",),  # networks
     ("diffusion",),  # noise processes and samplers
     ("train",),  # the one training loop
     ("mdlm", "encoder", "latent_shards"),  # stages ...
     ("ae",),
-    ("encode", "prior", "judge"),
+    ("encode", "prior", "judge", "export"),
     ("sample",),  # generation, above the stages it drives
     ("metrics", "evaluate"),  # evaluation
     ("frontier", "plots", "pareto", "analysis"),  # sweeps and analysis
+    ("pipeline",),  # the Python API over sampling, encoding, scoring and export
     ("cli", "__main__"),  # the command line
 ]
 
@@ -74,12 +83,17 @@ def _graph() -> dict[str, set[str]]:
     return graph
 
 
+# The package's lazy facade: `from diladiff_cli import Pipeline` imports the pipeline on
+# first use of the attribute (module __getattr__), never on `import diladiff_cli`.
+FACADE = {("__init__", "pipeline")}
+
+
 def test_no_import_climbs_a_layer():
     climbing = [
         f"{src} (layer {_layer(src)}) imports {dst} (layer {_layer(dst)})"
         for src, targets in _graph().items()
         for dst in targets
-        if _layer(dst) > _layer(src)
+        if _layer(dst) > _layer(src) and (src, dst) not in FACADE
     ]
     assert not climbing, "\n".join(climbing)
 

@@ -299,8 +299,8 @@ def _unmask_most_confident(
     candidates = x.masked_scatter(masked, values)
     score = torch.full(x.shape, float("-inf"), dtype=torch.float64, device=x.device)
     score = score.masked_scatter(masked, confidence)
-    # Every row has exactly L - round(L (j-1) / T) >= k_j masked positions
-    # (all rows start masked and lose k per step), so the top k are masked;
+    # Every row has exactly M - round(M (j-1) / T) >= k_j masked positions (all rows
+    # start with the same M masked and lose k per step), so the top k are masked;
     # the `& masked` is a guard that never drops one.
     top = score.topk(k, dim=-1).indices  # (B, k)
     chosen = torch.zeros_like(masked).scatter(1, top, True) & masked
@@ -324,19 +324,23 @@ def sample_masked(
     device: torch.device | str,
     final_eps: float = 1e-5,
     time_conditioned: bool = False,
+    fixed: torch.Tensor | None = None,
 ) -> SampleOutput:
     """Generate from all-mask sequences by iterative unmasking.
 
     The time grid is ``linspace(1, final_eps, steps + 1)``. Unmasked tokens are
-    never changed and the mask token is never drawn.
+    never changed and the mask token is never drawn. With ``fixed``, every sequence
+    starts from the given tokens instead (prefix conditioning, infilling): they are
+    never masked, so never changed, and only the M positions left masked are drawn.
 
     * ``"random"`` (MDLM's ancestral sampler): from t to s each masked token is
       unmasked with probability (alpha_s - alpha_t) / (1 - alpha_t) = (t - s) / t
       for the log-linear schedule, its value drawn from the model.
-    * ``"confidence"``: step j unmasks exactly k_j = round(L j / T) - round(L (j-1) / T)
-      tokens per sequence (the k_j sum to L; k_j = 0 steps are skipped without a
-      forward pass): a candidate is drawn at every masked position and the k_j
-      with the highest model probability of their candidate are kept.
+    * ``"confidence"``: step j unmasks exactly k_j = round(M j / T) - round(M (j-1) / T)
+      tokens per sequence, M the masked positions at the start (L without ``fixed``;
+      the k_j sum to M; k_j = 0 steps are skipped without a forward pass): a candidate
+      is drawn at every masked position and the k_j with the highest model probability
+      of their candidate are kept.
 
     Caching (MDLM): with ``cache`` and a network that ignores time, a step that
     follows a step which changed no token reuses the previous logits. After the
@@ -357,6 +361,9 @@ def sample_masked(
         device: where tokens and noise live.
         final_eps: last time of the grid.
         time_conditioned: the network uses sigma, so its output can never be reused.
+        fixed: ``(L,)`` long, the block every sequence starts from: a given token at
+            each position to keep, ``mask_id`` at each position to draw. None: all L
+            positions are drawn.
 
     Returns:
         The samples and the counts of steps and forward passes.
@@ -369,7 +376,13 @@ def sample_masked(
         raise ValueError(f"unknown selection {selection!r} (expected 'random' or 'confidence')")
 
     device = torch.device(device)
-    x = torch.full((batch_size, seq_len), mask_id, dtype=torch.long, device=device)
+    if fixed is None:
+        x = torch.full((batch_size, seq_len), mask_id, dtype=torch.long, device=device)
+    elif fixed.shape != (seq_len,):
+        raise ValueError(f"fixed must have shape ({seq_len},), got {tuple(fixed.shape)}")
+    else:
+        x = fixed.to(device=device, dtype=torch.long).expand(batch_size, seq_len).clone()
+    free = int((x[0] == mask_id).sum())  # M: positions to draw, the same in every row
     grid = torch.linspace(1.0, final_eps, steps + 1, dtype=torch.float64).tolist()
     reuse = cache and not time_conditioned
     logits: torch.Tensor | None = None  # (B, L, V), valid for x unless stale
@@ -390,7 +403,7 @@ def sample_masked(
     for j in range(1, steps + 1):
         t, s = grid[j - 1], grid[j]
         masked = x == mask_id  # (B, L)
-        k = _round_half_up(seq_len * j, steps) - _round_half_up(seq_len * (j - 1), steps)
+        k = _round_half_up(free * j, steps) - _round_half_up(free * (j - 1), steps)
         if not masked.any() or (selection == "confidence" and k == 0):
             unmasked_per_step.append(0)
             continue
