@@ -57,7 +57,7 @@ from diladiff_cli.diffusion.masked import (
     TokenBatch,
     sample_masked,
 )
-from diladiff_cli.distributed import Runtime, barrier, held_by_main
+from diladiff_cli.distributed import Runtime, barrier, held_by_main, raise_together
 from diladiff_cli.encoder import (
     CachedStates,
     EncoderView,
@@ -425,15 +425,22 @@ def train_ae(
         # The loop released the output's lock when it returned: hold it again, so that no
         # other run writes the checkpoint between the read and the rewrite of the stats.
         with held_by_main(output_lock(cfg.out), runtime, what=f"the output {cfg.out}"):
+            failure: Exception | None = None
             if runtime.is_main:
-                _store_latent_stats(
-                    cfg,
-                    model=model,
-                    encoder=encoder,
-                    data=train_data,
-                    runtime=runtime,
-                    precision=precision,
-                )
+                try:
+                    _store_latent_stats(
+                        cfg,
+                        model=model,
+                        encoder=encoder,
+                        data=train_data,
+                        runtime=runtime,
+                        precision=precision,
+                    )
+                except Exception as err:  # raised below on every process: none waits
+                    failure = err
+            raise_together(
+                failure, runtime, f"the main process could not store the latent stats in {cfg.out}"
+            )
     barrier()
     return result
 
