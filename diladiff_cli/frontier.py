@@ -24,8 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
+from diladiff_cli.analysis.verdicts import equal_quality_ratios, geomean, pareto_frontier
 from diladiff_cli.config.evaluation import EvalConfig
 from diladiff_cli.evaluate import ReferenceFloor
 from diladiff_cli.files import atomic_write_text
@@ -100,20 +99,13 @@ class SpeedUp:
     note: str = ""
 
 
-def frontier(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
-    """The Pareto frontier of (cost, quality) points, lower cost and higher quality
-    being better: sorted by cost, each point better in quality than every cheaper one."""
-    out: list[tuple[float, float]] = []
-    for cost, quality in sorted(points, key=lambda p: (p[0], -p[1])):
-        if not out or quality > out[-1][1]:
-            out.append((cost, quality))
-    return out
-
-
 def speedup_at_equal_quality(
     baseline: list[tuple[float, float]], model: list[tuple[float, float]], *, levels: int = 41
 ) -> tuple[float, float, float, tuple[float, float]] | None:
-    """Ratio of the baseline's cost to the model's at equal quality.
+    """Ratio of the baseline's cost to the model's at equal quality: both Pareto
+    frontiers interpolated linearly in (quality, log cost), the ratio taken at ``levels``
+    qualities across their shared range
+    (:func:`~diladiff_cli.analysis.verdicts.equal_quality_ratios`).
 
     Args:
         baseline: (cost, quality) points of the baseline, any cells.
@@ -124,28 +116,11 @@ def speedup_at_equal_quality(
         (geometric mean, min, max, (quality low, quality high)) of the ratio, or
         None when the two frontiers share no quality level.
     """
-    fa, fb = frontier(baseline), frontier(model)
-    lo = max(fa[0][1], fb[0][1])
-    hi = min(fa[-1][1], fb[-1][1])
-    if lo > hi:
+    shared = equal_quality_ratios(baseline, model, levels)
+    if shared is None:
         return None
-    q = np.linspace(lo, hi, levels) if hi > lo else np.array([lo])
-
-    def log_cost(front: list[tuple[float, float]]) -> np.ndarray:
-        qs = np.array([p[1] for p in front])
-        cs = np.log(np.array([p[0] for p in front]))
-        return np.interp(q, qs, cs)  # the frontier's quality is increasing
-
-    ratio = log_cost(fa) - log_cost(fb)
-    return (
-        float(np.exp(ratio.mean())),
-        float(np.exp(ratio.min())),
-        float(np.exp(ratio.max())),
-        (
-            float(lo),
-            float(hi),
-        ),
-    )
+    qs, ratios = shared
+    return geomean(ratios), min(ratios), max(ratios), (qs[0], qs[-1])
 
 
 def _quality(row: dict[str, Any], metric: str) -> float | None:
@@ -191,7 +166,7 @@ def headline(
             continue
         result = speedup_at_equal_quality(base, cand)
         if result is None:
-            better = frontier(cand)[0][1] > frontier(base)[-1][1]
+            better = pareto_frontier(cand)[0][1] > pareto_frontier(base)[-1][1]
             note = (
                 f"{model}'s cheapest frontier point is better than {baseline}'s best"
                 if better

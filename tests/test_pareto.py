@@ -18,6 +18,7 @@ import pytest
 from _evalkit import make_data, make_judge, make_mdlm
 
 from diladiff_cli import pareto
+from diladiff_cli.analysis.verdicts import pareto_frontier
 from diladiff_cli.config import EvalConfig, GridConfig, MauveConfig, ParetoConfig, ScorerConfig
 from diladiff_cli.distributed import init_runtime
 from diladiff_cli.errors import DiladiffError
@@ -27,7 +28,6 @@ from diladiff_cli.frontier import (
     MEASURES,
     SEED_CSV_COLUMNS,
     fmt_se,
-    frontier,
     headline,
     speedup_at_equal_quality,
 )
@@ -86,7 +86,7 @@ def test_missing_or_unavailable_models_fail_before_anything_runs(tmp_path):
 
 def test_frontier_drops_dominated_points():
     pts = [(1.0, 0.1), (2.0, 0.05), (2.0, 0.3), (4.0, 0.2), (8.0, 0.5)]
-    assert frontier(pts) == [(1.0, 0.1), (2.0, 0.3), (8.0, 0.5)]
+    assert pareto_frontier(pts) == [(1.0, 0.1), (2.0, 0.3), (8.0, 0.5)]
 
 
 def test_speedup_of_a_curve_shifted_in_cost_is_the_shift():

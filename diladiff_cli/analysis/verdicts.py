@@ -488,7 +488,7 @@ class SpeedUpInterval:
         )
 
 
-def _frontier(points: Sequence[tuple[float, float]]) -> list[tuple[float, float]]:
+def pareto_frontier(points: Sequence[tuple[float, float]]) -> list[tuple[float, float]]:
     """The Pareto frontier of (cost, quality) points, lower cost and higher quality
     being better: sorted by cost, each point better in quality than every cheaper one."""
     out: list[tuple[float, float]] = []
@@ -508,21 +508,23 @@ def _log_cost_at(front: list[tuple[float, float]], q: float) -> float:
     return math.log(front[-1][0] if q >= front[-1][1] else front[0][0])
 
 
-def _ratios(
+def equal_quality_ratios(
     baseline: list[tuple[float, float]], model: list[tuple[float, float]], levels: int
 ) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
-    """The shared quality levels of two point sets' frontiers and the cost ratio
-    baseline / model at each; None when the frontiers share none."""
-    fa, fb = _frontier(baseline), _frontier(model)
+    """The shared quality levels of two point sets' frontiers (``levels`` of them, evenly
+    spaced from the lower end of the shared range to its upper end, exactly) and the cost
+    ratio baseline / model at each, linear in (quality, log cost) between frontier
+    points; None when the frontiers share none."""
+    fa, fb = pareto_frontier(baseline), pareto_frontier(model)
     lo, hi = max(fa[0][1], fb[0][1]), min(fa[-1][1], fb[-1][1])
     if lo > hi:
         return None
-    qs = [lo + (hi - lo) * i / (levels - 1) for i in range(levels)] if hi > lo else [lo]
+    qs = [lo + (hi - lo) * i / (levels - 1) for i in range(levels - 1)] + [hi] if hi > lo else [lo]
     ratios = [math.exp(_log_cost_at(fa, q) - _log_cost_at(fb, q)) for q in qs]
     return tuple(qs), tuple(ratios)
 
 
-def _geomean(values: Sequence[float]) -> float:
+def geomean(values: Sequence[float]) -> float:
     return math.exp(sum(math.log(v) for v in values) / len(values))
 
 
@@ -541,10 +543,10 @@ def speedup_interval(
     Each side's Pareto frontier (lower cost, better quality) is interpolated linearly in
     (quality, log cost) and the ratio baseline cost / model cost is taken at ``levels``
     quality levels spanning the range both frontiers cover; the factor is its geometric
-    mean. This is :func:`diladiff_cli.frontier.speedup_at_equal_quality`'s reading, which
-    is not imported because that module imports torch (through ``evaluate``). The
-    interval recomputes the factor with every quality shifted by k standard errors
-    against the model (low: the model's worse, the baseline's better) and for it (high).
+    mean, as in :func:`diladiff_cli.frontier.speedup_at_equal_quality` (which reads it
+    through :func:`equal_quality_ratios`). The interval recomputes the factor with every
+    quality shifted by k standard errors against the model (low: the model's worse, the
+    baseline's better) and for it (high).
 
     Supported when low > ``at_least``; not supported when high < ``at_least``;
     inconclusive otherwise, when a point has no standard error, and when the frontiers
@@ -570,9 +572,9 @@ def speedup_interval(
     if not baseline or not model:
         return SpeedUpInterval("inconclusive", None, None, None, at_least, note="no cells")
     one_seed = any(c.quality.se is None for c in (*baseline, *model))
-    central = _ratios(points(baseline, 0.0), points(model, 0.0), levels)
+    central = equal_quality_ratios(points(baseline, 0.0), points(model, 0.0), levels)
     if central is None:
-        fa, fb = _frontier(points(baseline, 0.0)), _frontier(points(model, 0.0))
+        fa, fb = pareto_frontier(points(baseline, 0.0)), pareto_frontier(points(model, 0.0))
         note = (
             "the model's cheapest frontier point is better than the baseline's best"
             if fb[0][1] > fa[-1][1]
@@ -582,7 +584,7 @@ def speedup_interval(
             "inconclusive", None, None, None, at_least, note=note, one_seed=one_seed
         )
     qs, ratios = central
-    factor = _geomean(ratios)
+    factor = geomean(ratios)
     levels_out = tuple(sign * q for q in qs)
     if one_seed:
         return SpeedUpInterval(
@@ -590,8 +592,10 @@ def speedup_interval(
         )
     bounds = []
     for towards_model in (-1.0, 1.0):
-        shifted = _ratios(points(baseline, -towards_model), points(model, towards_model), levels)
-        bounds.append(None if shifted is None else _geomean(shifted[1]))
+        shifted = equal_quality_ratios(
+            points(baseline, -towards_model), points(model, towards_model), levels
+        )
+        bounds.append(None if shifted is None else geomean(shifted[1]))
     low, high = bounds
     outcome: Outcome = (
         "supported"
