@@ -957,10 +957,10 @@ def other_trainings(results: Path) -> list[Path]:
     return [c for c in candidates if c != results and (c / "verdicts.json").is_file()]
 
 
-def trainings_section(ctx: Context) -> list[str]:
-    """This run's verdicts beside those of the other pipeline seeds: which claims stand
-    across trainings, which the training decides."""
-    others = other_trainings(ctx.results)
+def trainings_section(ctx: Context, others: list[Path]) -> list[str]:
+    """This run's verdicts beside those of the other pipeline seeds (``others``, from
+    :func:`other_trainings`): which claims stand across trainings, which the training
+    decides."""
     runs = [{f"exp{i}": v for i, v in ctx.verdicts.items()}]
     runs += [read_json(o / "verdicts.json") or {} for o in others]
     rows = agreement(runs)
@@ -1126,7 +1126,8 @@ def build_report(ctx: Context) -> str:
             lines.append(f"Not run: no results in `{name}/` (stage {STAGE_OF[i]}).")
         else:
             lines += body
-    lines += ["", *trainings_section(ctx)] if other_trainings(ctx.results) else []
+    others = other_trainings(ctx.results)
+    lines += ["", *trainings_section(ctx, others)] if others else []
     lines += ["", *prior_section(ctx), "", *conditions_section(ctx, timings)]
     return "\n".join(lines) + "\n"
 

@@ -176,6 +176,13 @@ def build_plan(
     seeded = ("--seed", str(seed)) if seed else ()  # every stage that trains or draws
 
     planned: list[tuple[Stage, str, tuple[str, ...]]] = []  # (stage, recipe, sections it needs)
+    loaded: dict[str, Recipe] = {}
+
+    def recipe_of(path: str) -> Recipe:
+        """A recipe of the plan, loaded once."""
+        if path not in loaded:
+            loaded[path] = load_recipe(ROOT / path)
+        return loaded[path]
 
     def cli(name: str, cmd: str, recipe: str, *args: str, needs: Sequence[str], dist=True) -> None:
         argv = (*(launch if dist else plain), cmd, recipe, *args)
@@ -226,7 +233,7 @@ def build_plan(
         out = f"{results}/{exp}"
         recipe = experiment_recipe(scale, number)
         shifted = ()
-        if seed and (sweeps := load_recipe(ROOT / recipe).pareto) is not None:
+        if seed and (sweeps := recipe_of(recipe).pareto) is not None:
             n = len(sweeps.seeds)
             shifted = (
                 "--set",
@@ -238,11 +245,9 @@ def build_plan(
     argv = (python, "scripts/report.py", "--scale", scale, "--results", results)
     planned.append((Stage("report", argv, "report"), base, ()))
 
-    stages, notes, loaded = [], [], {}
+    stages, notes = [], []
     for stage, recipe, needs in planned:
-        if recipe not in loaded:
-            loaded[recipe] = load_recipe(ROOT / recipe)
-        why = missing_section(loaded[recipe], needs)
+        why = missing_section(recipe_of(recipe), needs)
         if why:
             notes.append(f"{stage.name}: left out, {recipe} {why}")
         else:
