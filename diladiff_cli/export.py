@@ -69,7 +69,7 @@ from diladiff_cli.checkpoint import (
 from diladiff_cli.config.stages import SampleConfig
 from diladiff_cli.data import load_data_info
 from diladiff_cli.errors import CheckpointError, DiladiffError
-from diladiff_cli.files import write_synced, writing
+from diladiff_cli.files import replace_directory, write_synced, writing
 from diladiff_cli.latent_shards import file_sha256
 from diladiff_cli.mdlm import STAGE as MDLM_STAGE
 from diladiff_cli.prior import DISTILL, PRIOR
@@ -271,7 +271,7 @@ def export_pipeline(
                 measured=measured,
             )
             write_synced(staging / CARD, card.encode())
-        _publish(staging, out)
+        replace_directory(staging, out)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return out
@@ -348,18 +348,6 @@ def _file_records(folder: Path) -> dict[str, dict[str, Any]]:
         for p in sorted(folder.iterdir())
         if p.is_file()
     }
-
-
-def _publish(staging: Path, out: Path) -> None:
-    """Rename ``staging`` to ``out``, replacing what is there."""
-    old = None
-    with writing(out):
-        if out.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old.", dir=out.parent))
-            out.rename(old / out.name)
-        staging.rename(out)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def _judge_record(judge: Path | None) -> dict[str, Any] | None:

@@ -134,6 +134,21 @@ def read_jsonl(path: str | Path, *, corrupt_hint: str = "") -> list[dict[str, An
     return records
 
 
+def replace_directory(staging: Path, out: Path) -> None:
+    """Rename the finished directory ``staging`` to ``out`` (same file system), replacing
+    what is there: the old ``out`` is moved aside first and removed after, so a reader
+    sees the old directory or the new one, never a mix; if the last rename fails the old
+    one is left beside ``out`` (``.<name>.old.*``), not deleted."""
+    old = None
+    with writing(out):
+        if out.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old.", dir=out.parent))
+            out.rename(old / out.name)
+        staging.rename(out)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     """Write ``data`` to ``path`` through a temporary file and a rename.
 

@@ -40,6 +40,7 @@ from diladiff_cli.data import DataRecord, load_data_info
 from diladiff_cli.diffusion.masked import TokenBatch
 from diladiff_cli.distributed import Runtime
 from diladiff_cli.errors import DiladiffError
+from diladiff_cli.files import replace_directory
 from diladiff_cli.mdlm import TokenBlocks
 from diladiff_cli.objective import LossOutput, StepContext
 from diladiff_cli.structs import to_dict
@@ -151,7 +152,6 @@ def export_judge(
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     staging.chmod(0o755)  # mkdtemp makes it private; the judge is an ordinary directory
-    old = None
     try:
         from transformers.utils import logging
 
@@ -161,14 +161,9 @@ def export_judge(
             if item.is_file():
                 shutil.copyfile(item, staging / item.name)
         (staging / JUDGE_RECORD).write_text(json.dumps(record, indent=2) + "\n")
-        if out.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old.", dir=out.parent))
-            out.rename(old / out.name)
-        staging.rename(out)
+        replace_directory(staging, out)
     finally:
-        shutil.rmtree(staging, ignore_errors=True)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        shutil.rmtree(staging, ignore_errors=True)  # gone already unless the write failed
     return out
 
 
