@@ -27,6 +27,7 @@ import copy
 import hashlib
 import json
 import math
+import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -66,6 +67,7 @@ _RESUMABLE_KEYS = (
     "ckpt_every",
     "compile",
     "logging",
+    "deterministic",
 )
 
 
@@ -296,7 +298,11 @@ def train(
         # only read, without the lock: a finished output on a read-only disk is still done
         reporter.log(f"{out} is complete ({cfg.steps} steps): nothing to do")
         return TrainResult(step=cfg.steps, resumed_from=cfg.steps, skipped=True)
-    with _claim(out, runtime, reporter), contextlib.ExitStack() as held:
+    with (
+        _claim(out, runtime, reporter),
+        _deterministic(cfg.deterministic, runtime.device),
+        contextlib.ExitStack() as held,
+    ):
         params = [p for p in base.parameters() if p.requires_grad]
         if not params:
             raise DiladiffError("the model has no trainable parameters")
@@ -393,6 +399,28 @@ def train(
             seconds=seconds,
             examples_per_second=ran * cfg.batch_size / seconds if ran and seconds > 0 else 0.0,
         )
+
+
+@contextlib.contextmanager
+def _deterministic(enabled: bool, device: torch.device) -> Iterator[None]:
+    """``torch.use_deterministic_algorithms`` for the run, the process's setting restored
+    after. On CPU a multi-threaded backward otherwise sums in a varying order: two runs
+    of one seed drift apart in the last bits and, past an abrupt transition in training,
+    far apart (docs/oracle.md). On CUDA an op without a deterministic kernel warns."""
+    if not enabled:
+        yield
+        return
+    before = (
+        torch.are_deterministic_algorithms_enabled(),
+        torch.is_deterministic_algorithms_warn_only_enabled(),
+    )
+    if device.type == "cuda":  # cuBLAS is deterministic only with a fixed workspace
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True, warn_only=device.type != "cpu")
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(before[0], warn_only=before[1])
 
 
 @contextlib.contextmanager

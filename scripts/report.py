@@ -1102,12 +1102,12 @@ def build_report(ctx: Context) -> str:
                 "",
                 "**Which MDLM this run trained.** On the oracle corpus the MDLM learns to "
                 "infer the document's topic abruptly, at a step that depends on the training "
-                "seed (from about 300 to past 1500 steps: results/oracle/mdlm_transition); "
-                "the default's 500 steps, set by the CPU budget, leave some seeds before it "
-                "and some after. The verdicts about the latent (experiments 1, 2 and 5) follow "
-                "that side: a latent has the topic to add only to an MDLM that has not learnt "
-                "it. The headline states this run's side (the topic purity of the MDLM's "
-                "samples); docs/oracle.md compares two seeds.",
+                "seed (results/oracle/mdlm_transition): the default's 1500 steps put the four "
+                "seeds tried past it (at about 350 to 1150 steps); fewer left some seeds "
+                "before it and some after. The verdicts about the latent (experiments 1, 2 "
+                "and 5) follow that side: a latent has the topic to add only to an MDLM that "
+                "has not learnt it. The headline states this run's side (the topic purity of "
+                "the MDLM's samples); docs/oracle.md compares two seeds.",
             ]
             if ctx.scale == "oracle"
             else []

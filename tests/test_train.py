@@ -142,3 +142,44 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
         )
     assert read_meta(out).step == 4
     assert np.isfinite(weights(out)["weight"].numpy()).all()
+
+
+@pytest.mark.parametrize("deterministic", [True, False])
+def test_deterministic_algorithms_hold_during_the_run_and_are_restored(tmp_path, deterministic):
+    """`train.deterministic` turns torch's deterministic algorithms on for the run only:
+    the objective sees the setting, and the process's own setting is back afterwards."""
+    from diladiff_cli.checkpoint import CheckpointMeta
+    from diladiff_cli.distributed import init_runtime
+    from diladiff_cli.objective import LossOutput
+    from diladiff_cli.train import train
+
+    class Data:
+        def __len__(self):
+            return 4
+
+        def batch(self, indices):
+            class B:
+                def to(self, device):
+                    return self
+
+            return B()
+
+    seen = []
+
+    def objective(net, batch, ctx):
+        seen.append(torch.are_deterministic_algorithms_enabled())
+        return LossOutput(loss=net(torch.ones(2, 2)).pow(2).mean())
+
+    assert not torch.are_deterministic_algorithms_enabled()
+    train(
+        model=torch.nn.Linear(2, 1),
+        objective=objective,
+        train_data=Data(),
+        valid_data=None,
+        cfg=TrainConfig(steps=2, batch_size=2, log_every=1, deterministic=deterministic),
+        out=tmp_path / "x.pt",
+        meta=CheckpointMeta(stage="toy", step=0, config={}),
+        runtime=init_runtime("cpu"),
+    )
+    assert seen == [deterministic, deterministic]
+    assert not torch.are_deterministic_algorithms_enabled()
