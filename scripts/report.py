@@ -939,10 +939,10 @@ def regime_line(rows: list[dict[str, Any]]) -> list[str]:
     return [
         f"- Has the MDLM learnt to infer the document's topic? The topic purity of its samples "
         f"at Ndisc = {mdlm['ndisc']}: {Estimate.of(mdlm, 'oracle_purity')}{reference} (a "
-        "held-out document: about 1). Where the MDLM has not learnt the topic, a latent has "
-        "it to add; where it has, on this corpus the latent adds nothing. When it learns it "
-        "depends on the training seed (results/oracle/mdlm_transition): this, not the "
-        "sampling, is what separates two trainings' verdicts (docs/oracle.md)."
+        "held-out document: about 1). The less of the topic the MDLM has learnt, the more "
+        "a latent has to add. When it learns it depends on the training seed "
+        "(results/oracle/mdlm_transition): this, not the sampling, is what separated two "
+        "trainings' verdicts before the default trained 1500 steps (docs/oracle.md)."
     ]
 
 
