@@ -81,6 +81,19 @@ def test_accumulation_matches_full_batch(tmp_path):
     assert full["loss"] == pytest.approx(accum["loss"], rel=1e-5)
 
 
+class ToyData:
+    """Eight examples whose batches the toy objectives ignore."""
+
+    def __len__(self):
+        return 8
+
+    def batch(self, indices):
+        return self
+
+    def to(self, device):
+        return self
+
+
 def test_completed_run_is_skipped(tmp_path):
     out = tmp_path / "m.pt"
     last_json(run_driver(str(out), "2"))
@@ -107,17 +120,6 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
     from diladiff_cli.objective import LossOutput
     from diladiff_cli.train import train
 
-    class Data:
-        def __len__(self):
-            return 8
-
-        def batch(self, indices):
-            class B:
-                def to(self, device):
-                    return self
-
-            return B()
-
     model = torch.nn.Linear(2, 1)
     calls = {"n": 0}
 
@@ -133,7 +135,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
         train(
             model=model,
             objective=objective,
-            train_data=Data(),
+            train_data=ToyData(),
             valid_data=None,
             cfg=TrainConfig(steps=10, batch_size=2, ckpt_every=2, log_every=1),
             out=out,
@@ -153,17 +155,6 @@ def test_deterministic_algorithms_hold_during_the_run_and_are_restored(tmp_path,
     from diladiff_cli.objective import LossOutput
     from diladiff_cli.train import train
 
-    class Data:
-        def __len__(self):
-            return 4
-
-        def batch(self, indices):
-            class B:
-                def to(self, device):
-                    return self
-
-            return B()
-
     seen = []
 
     def objective(net, batch, ctx):
@@ -174,7 +165,7 @@ def test_deterministic_algorithms_hold_during_the_run_and_are_restored(tmp_path,
     train(
         model=torch.nn.Linear(2, 1),
         objective=objective,
-        train_data=Data(),
+        train_data=ToyData(),
         valid_data=None,
         cfg=TrainConfig(steps=2, batch_size=2, log_every=1, deterministic=deterministic),
         out=tmp_path / "x.pt",
