@@ -74,8 +74,8 @@ class TrainConfig:
     seed: int = 0
     compile: bool = False  # torch.compile the model (CUDA; falls back to eager on failure)
     # torch.use_deterministic_algorithms while training: on CPU two runs of one seed are
-    # bit-identical whatever the thread count, at no cost; on CUDA it only warns where an
-    # op has no deterministic kernel (reruns then differ in rounding).
+    # bit-identical whatever the thread count, at no measured cost; on CUDA it only warns
+    # where an op has no deterministic kernel (reruns then differ in rounding).
     deterministic: bool = True
     logging: LoggingConfig = field(default_factory=LoggingConfig)  # TensorBoard, W&B
 
