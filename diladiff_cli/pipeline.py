@@ -24,6 +24,7 @@ import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -383,27 +384,9 @@ class Pipeline:
         )
         return evaluator.score_texts(batch)
 
-    def _settings(
-        self,
-        *,
-        num_samples: int | None = None,
-        ndisc: int | None,
-        selection: Selection | None,
-        temperature: float | None,
-        top_p: float | None,
-        seed: int | None,
-        batch_size: int | None = None,
-    ) -> SampleSettings:
-        """The default settings with the given ones (None: not given) put in."""
-        given = {
-            "num_samples": num_samples,
-            "ndisc": ndisc,
-            "selection": selection,
-            "temperature": temperature,
-            "top_p": top_p,
-            "seed": seed,
-            "batch_size": batch_size,
-        }
+    def _settings(self, **given: Any) -> SampleSettings:
+        """The default settings with the given ones (None: not given) put in; the public
+        methods name and type each setting they take."""
         return dataclasses.replace(
             self.defaults, **{k: v for k, v in given.items() if v is not None}
         )
