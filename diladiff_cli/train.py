@@ -301,6 +301,7 @@ def train(
     with (
         _claim(out, runtime, reporter),
         _deterministic(cfg.deterministic, runtime.device),
+        _compile_fallback(cfg.compile),
         contextlib.ExitStack() as held,
     ):
         params = [p for p in base.parameters() if p.requires_grad]
@@ -423,6 +424,40 @@ def _deterministic(enabled: bool, device: torch.device) -> Iterator[None]:
         torch.use_deterministic_algorithms(before[0], warn_only=before[1])
 
 
+def _compiler_problem(device: torch.device) -> str | None:
+    """Why ``torch.compile`` cannot build a forward and a backward on ``device`` (e.g. no
+    working C++ compiler for Inductor on CPU), or None when it can. Compilation is lazy:
+    without this probe the failure would come at the model's first backward."""
+    import torch._dynamo
+
+    def probe(x: torch.Tensor) -> torch.Tensor:
+        return (x.sin() * x).sum()
+
+    x = torch.ones(4, device=device, requires_grad=True)
+    try:
+        with torch._dynamo.config.patch(suppress_errors=False):
+            torch.compile(probe)(x).backward()
+    except Exception as err:
+        return (str(err).strip().splitlines() or [type(err).__name__])[0]
+    finally:
+        torch._dynamo.reset()
+    return None
+
+
+@contextlib.contextmanager
+def _compile_fallback(enabled: bool) -> Iterator[None]:
+    """While a compiled model trains, a part of it that does not compile (an unsupported
+    construct in its forward) runs eagerly with a warning instead of stopping the run;
+    the process's setting is restored after."""
+    if not enabled:
+        yield
+        return
+    import torch._dynamo
+
+    with torch._dynamo.config.patch(suppress_errors=True):
+        yield
+
+
 @contextlib.contextmanager
 def _claim(out: Path, runtime: Runtime, reporter: Reporter) -> Iterator[None]:
     """Hold ``out`` for the run: refuse an output that could never be written, take its
@@ -521,10 +556,12 @@ def _wrap(
     there is more than one process."""
     net: nn.Module = base
     if cfg.compile:
-        try:
+        problem = _compiler_problem(runtime.device)
+        if problem is None:
             net = torch.compile(base)
-        except Exception as err:  # compile is an optimisation: never fatal
-            reporter.log(f"torch.compile unavailable ({err}); running eager")
+            reporter.log("torch.compile: the first step compiles the model")
+        else:  # compile is an optimisation: never fatal
+            reporter.log(f"torch.compile unavailable ({problem}); running eager")
     if runtime.distributed:
         net = DistributedDataParallel(
             net,

@@ -174,3 +174,49 @@ def test_deterministic_algorithms_hold_during_the_run_and_are_restored(tmp_path,
     )
     assert seen == [deterministic, deterministic]
     assert not torch.are_deterministic_algorithms_enabled()
+
+
+def test_compile_without_a_working_compiler_falls_back_to_eager(tmp_path):
+    """`train.compile` on a machine where Inductor finds no C++ compiler: the run says so
+    once and trains eagerly, to the very weights of `compile: false`, instead of failing
+    at the first backward (where a lazily compiled graph would first need the compiler)."""
+    import torch._inductor.config as inductor_config
+
+    from diladiff_cli.checkpoint import CheckpointMeta
+    from diladiff_cli.distributed import init_runtime
+    from diladiff_cli.objective import LossOutput
+    from diladiff_cli.train import NullReporter, train
+
+    class Log(NullReporter):
+        def __init__(self):
+            self.lines = []
+
+        def log(self, message):
+            self.lines.append(message)
+
+    def objective(net, batch, ctx):
+        return LossOutput(loss=net(torch.ones(2, 2)).pow(2).mean())
+
+    def run(compile_, out):
+        torch.manual_seed(0)
+        log = Log()
+        train(
+            model=torch.nn.Linear(2, 1),
+            objective=objective,
+            train_data=ToyData(),
+            valid_data=None,
+            cfg=TrainConfig(steps=2, batch_size=2, log_every=1, compile=compile_),
+            out=out,
+            meta=CheckpointMeta(stage="toy", step=0, config={}),
+            runtime=init_runtime("cpu"),
+            reporter=log,
+        )
+        return log.lines, weights(out)
+
+    with inductor_config.patch({"cpp.cxx": (None, str(tmp_path / "no-such-c++"))}):
+        lines, compiled = run(True, tmp_path / "c.pt")
+    assert [
+        line for line in lines if "torch.compile unavailable" in line and "running eager" in line
+    ]
+    _, eager = run(False, tmp_path / "e.pt")
+    assert all(torch.equal(compiled[k], eager[k]) for k in eager)

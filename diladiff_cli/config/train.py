@@ -72,7 +72,9 @@ class TrainConfig:
     eval_batches: int = 4  # global batches of the validation split per evaluation
     ckpt_every: int = 100  # resume-state interval in steps
     seed: int = 0
-    compile: bool = False  # torch.compile the model (CUDA; falls back to eager on failure)
+    # torch.compile the model (Inductor: CUDA, or CPU with a C++ compiler); the first step
+    # compiles (about a minute on 2 CPU cores), and a compiler failure falls back to eager.
+    compile: bool = False
     # torch.use_deterministic_algorithms while training: on CPU two runs of one seed are
     # bit-identical whatever the thread count, at no measured cost; on CUDA it only warns
     # where an op has no deterministic kernel (reruns then differ in rounding).
