@@ -942,7 +942,7 @@ def regime_line(rows: list[dict[str, Any]]) -> list[str]:
         "held-out document: about 1). The less of the topic the MDLM has learnt, the more "
         "a latent has to add. When it learns it depends on the training seed "
         "(results/oracle/mdlm_transition): this, not the sampling, is what separated two "
-        "trainings' verdicts before the default trained 1500 steps (docs/oracle.md)."
+        "trainings' verdicts when the default's MDLM trained fewer steps (docs/oracle.md)."
     ]
 
 
@@ -1102,12 +1102,12 @@ def build_report(ctx: Context) -> str:
                 "",
                 "**Which MDLM this run trained.** On the oracle corpus the MDLM learns to "
                 "infer the document's topic abruptly, at a step that depends on the training "
-                "seed (results/oracle/mdlm_transition): the default's 1500 steps put the four "
-                "seeds tried past it (at about 350 to 1150 steps); fewer left some seeds "
-                "before it and some after. The verdicts about the latent (experiments 1, 2 "
-                "and 5) follow that side: a latent has the topic to add only to an MDLM that "
-                "has not learnt it. The headline states this run's side (the topic purity of "
-                "the MDLM's samples); docs/oracle.md compares two seeds.",
+                "seed (results/oracle/mdlm_transition), and goes on improving for hundreds of "
+                "steps after; shorter trainings left some seeds before it or just past it "
+                "and some well past it. The verdicts about the latent (experiments 1, 2 and "
+                "5) follow that side: a latent has the topic to add only to an MDLM that has "
+                "not learnt it. The headline states this run's side (the topic purity of the "
+                "MDLM's samples); docs/oracle.md compares two seeds.",
             ]
             if ctx.scale == "oracle"
             else []
