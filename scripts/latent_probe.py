@@ -26,6 +26,7 @@ import torch
 
 from diladiff_cli.ae import load_autoencoder
 from diladiff_cli.analysis.latent_probe import (
+    BlockEstimate,
     block_labels,
     compare_nelbo,
     probe_latents,
@@ -39,6 +40,7 @@ from diladiff_cli.hub import load_tokenizer
 from diladiff_cli.latent_shards import LatentShards
 from diladiff_cli.mdlm import load_mdlm
 from diladiff_cli.oracle import load_oracle
+from diladiff_cli.pipeline import Pipeline
 
 
 def parse() -> argparse.Namespace:
@@ -55,6 +57,15 @@ def parse() -> argparse.Namespace:
     p.add_argument("--probe-test", type=int, default=0, help="valid latents to test (0: all)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--decode-ndisc",
+        type=int,
+        nargs="*",
+        default=[4, 16],
+        help="decode the encoder's z and the null latent at these Ndisc (none: skip)",
+    )
+    p.add_argument("--decode-blocks", type=int, default=96, help="valid blocks to decode")
+    p.add_argument("--decode-seeds", type=int, default=3, help="sampling seeds per Ndisc")
     p.add_argument("--out", default="results/oracle/latent_probe/probe.json")
     p.add_argument("--md", default=None, help="Markdown table (default: --out with .md)")
     return p.parse_args()
@@ -75,6 +86,44 @@ def split_latents(latents: str, split: str, ae: str, data_dir: str, limit: int):
         skip_special_tokens=True,
     )
     return z, texts
+
+
+def decode_latents(
+    recipe: str,
+    ae_path: str,
+    z: torch.Tensor,
+    *,
+    ndiscs: list[int],
+    seeds: range,
+    seq_len: int,
+) -> dict:
+    """Decode ``z`` and the null latent (the sweeps' MDLM baseline: the same decoder, no
+    latent) at each Ndisc with each sampling seed, and score the texts exactly: does the
+    decoder keep what z carries when it unmasks many tokens at once? No prior is involved,
+    so this separates the decoder's use of z from the prior's samples."""
+    pipe = Pipeline.load(recipe, device="cpu")
+    # "mdlm" as the sweeps take it: the autoencoder's decoder given the null latent
+    pipe = dataclasses.replace(pipe, parts={**pipe.parts, "autoencoder": ae_path, "mdlm": ae_path})
+    n = len(z)
+    rows = []
+    for ndisc in ndiscs:
+        row: dict = {"ndisc": ndisc, "tokens_per_pass": seq_len / ndisc}
+        for name in ("z", "null"):
+            scores = []
+            for s in seeds:
+                texts = (
+                    pipe.decode(z, ndisc=ndisc, seed=s, batch_size=n)
+                    if name == "z"
+                    else pipe.generate(n, model="mdlm", ndisc=ndisc, seed=s, batch_size=n).texts
+                )
+                scores.append(pipe.score(texts).oracle)
+            row[name] = {
+                "nll": dataclasses.asdict(BlockEstimate.of([sc.nll_per_token for sc in scores])),
+                "purity": dataclasses.asdict(BlockEstimate.of([sc.purity for sc in scores])),
+            }
+        rows.append(row)
+        print(f"decodes at Ndisc {ndisc}: {row}", flush=True)
+    return {"blocks": len(z), "seeds": list(seeds), "rows": rows}
 
 
 def main() -> None:
@@ -116,6 +165,20 @@ def main() -> None:
         f"{k} {dataclasses.asdict(r)}" for k, r in results.items()
     ), flush=True)  # fmt: skip
 
+    decodes = (
+        decode_latents(
+            args.recipe,
+            ae_path,
+            z_test[: args.decode_blocks],
+            ndiscs=args.decode_ndisc,
+            seeds=range(args.decode_seeds),
+            seq_len=recipe.data.seq_len,
+        )
+        if args.decode_ndisc
+        else None
+    )
+    t3 = time.perf_counter()
+
     record = {
         "command": "HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 .venv/bin/python "
         + shlex.join(["scripts/latent_probe.py", *sys.argv[1:]]),
@@ -130,7 +193,7 @@ def main() -> None:
             "latent_shape": list(ae.model.latent_shape),
             "seed": args.seed,
             "threads": args.threads,
-            "seconds": {"nelbo": t1 - t0, "probes": t2 - t1},
+            "seconds": {"nelbo": t1 - t0, "probes": t2 - t1, "decodes": t3 - t2},
         },
         "nelbo": dataclasses.asdict(nelbo),
         "probes": {
@@ -143,6 +206,7 @@ def main() -> None:
             },
             "results": {k: dataclasses.asdict(r) for k, r in results.items()},
         },
+        "decodes": decodes,
     }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -221,3 +221,10 @@ def test_probe_markdown_renders_a_record(tmp_path: Path):
     }
     md = probe_markdown(record)
     assert "| autoencoder | encoder's z | 1.000 ± 0.100 |" in md and "| topic | 4 |" in md
+    assert "Decodes of the encoder's z" not in md  # the script ran without --decode-ndisc
+    low = {"mean": 0.5, "se": 0.05, "n": 3}
+    row = {"ndisc": 4, "tokens_per_pass": 16.0, "z": {"nll": low, "purity": e},
+           "null": {"nll": e, "purity": low}}  # fmt: skip
+    record["decodes"] = {"blocks": 8, "seeds": [0, 1, 2], "rows": [row]}
+    md = probe_markdown(record)
+    assert "| 4 | 16 | 0.500 ± 0.050 | 1.000 ± 0.100 | 1.000 ± 0.100 | 0.500 ± 0.050 |" in md

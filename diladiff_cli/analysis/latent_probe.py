@@ -588,4 +588,25 @@ def probe_markdown(record: dict[str, Any]) -> str:
             f"| word frequency in the block's true topic | {est(bag['baseline_topic'])} |",
             f"| word frequency overall | {est(bag['baseline_frequency'])} |",
         ]
+    decodes = record.get("decodes")
+    if decodes:
+        lines += [
+            "",
+            "## Decodes of the encoder's z (no prior)",
+            "",
+            f"The first {decodes['blocks']} valid blocks encoded, then decoded given their z "
+            "and given the null latent (the MDLM baseline of the sweeps), random selection, "
+            "temperature 1; mean ± SE over the sampling seeds "
+            f"{', '.join(map(str, decodes['seeds']))}. Oracle NLL per token (lower is "
+            "better) and topic purity (the share of content words from the dominant topic).",
+            "",
+            "| Ndisc | tokens/pass | z: oracle NLL | null: oracle NLL | z: purity | null: purity |",
+            "|---|---|---|---|---|---|",
+        ]
+        for row in decodes["rows"]:
+            z, null = row["z"], row["null"]
+            lines.append(
+                f"| {row['ndisc']} | {row['tokens_per_pass']:g} | {est(z['nll'])} | "
+                f"{est(null['nll'])} | {est(z['purity'])} | {est(null['purity'])} |"
+            )
     return "\n".join(lines) + "\n"
