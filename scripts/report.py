@@ -1106,8 +1106,10 @@ def build_report(ctx: Context) -> str:
                 "steps after; shorter trainings left some seeds before it or just past it "
                 "and some well past it. The verdicts about the latent (experiments 1, 2 and "
                 "5) follow that side: a latent has the topic to add only to an MDLM that has "
-                "not learnt it. The headline states this run's side (the topic purity of the "
-                "MDLM's samples); docs/oracle.md compares two seeds.",
+                "not learnt it. Past it, what the latent adds depends on whether the "
+                "autoencoder's decoder keeps the topic when it unmasks many tokens at once, "
+                "which also differs between trainings. The headline states this run's side "
+                "(the topic purity of the MDLM's samples); docs/oracle.md compares seeds.",
             ]
             if ctx.scale == "oracle"
             else []

@@ -146,14 +146,33 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
     assert np.isfinite(weights(out)["weight"].numpy()).all()
 
 
+def train_linear(out, cfg, objective, reporter=None):
+    """The loop on a 2 -> 1 linear model and ``ToyData``: the toy objectives ignore the
+    batch. Returns the written weights."""
+    from diladiff_cli.checkpoint import CheckpointMeta
+    from diladiff_cli.distributed import init_runtime
+    from diladiff_cli.train import train
+
+    torch.manual_seed(0)
+    train(
+        model=torch.nn.Linear(2, 1),
+        objective=objective,
+        train_data=ToyData(),
+        valid_data=None,
+        cfg=cfg,
+        out=out,
+        meta=CheckpointMeta(stage="toy", step=0, config={}),
+        runtime=init_runtime("cpu"),
+        reporter=reporter,
+    )
+    return weights(out)
+
+
 @pytest.mark.parametrize("deterministic", [True, False])
 def test_deterministic_algorithms_hold_during_the_run_and_are_restored(tmp_path, deterministic):
     """`train.deterministic` turns torch's deterministic algorithms on for the run only:
     the objective sees the setting, and the process's own setting is back afterwards."""
-    from diladiff_cli.checkpoint import CheckpointMeta
-    from diladiff_cli.distributed import init_runtime
     from diladiff_cli.objective import LossOutput
-    from diladiff_cli.train import train
 
     seen = []
 
@@ -162,16 +181,8 @@ def test_deterministic_algorithms_hold_during_the_run_and_are_restored(tmp_path,
         return LossOutput(loss=net(torch.ones(2, 2)).pow(2).mean())
 
     assert not torch.are_deterministic_algorithms_enabled()
-    train(
-        model=torch.nn.Linear(2, 1),
-        objective=objective,
-        train_data=ToyData(),
-        valid_data=None,
-        cfg=TrainConfig(steps=2, batch_size=2, log_every=1, deterministic=deterministic),
-        out=tmp_path / "x.pt",
-        meta=CheckpointMeta(stage="toy", step=0, config={}),
-        runtime=init_runtime("cpu"),
-    )
+    cfg = TrainConfig(steps=2, batch_size=2, log_every=1, deterministic=deterministic)
+    train_linear(tmp_path / "x.pt", cfg, objective)
     assert seen == [deterministic, deterministic]
     assert not torch.are_deterministic_algorithms_enabled()
 
@@ -182,10 +193,8 @@ def test_compile_without_a_working_compiler_falls_back_to_eager(tmp_path):
     at the first backward (where a lazily compiled graph would first need the compiler)."""
     import torch._inductor.config as inductor_config
 
-    from diladiff_cli.checkpoint import CheckpointMeta
-    from diladiff_cli.distributed import init_runtime
     from diladiff_cli.objective import LossOutput
-    from diladiff_cli.train import NullReporter, train
+    from diladiff_cli.train import NullReporter
 
     class Log(NullReporter):
         def __init__(self):
@@ -197,26 +206,16 @@ def test_compile_without_a_working_compiler_falls_back_to_eager(tmp_path):
     def objective(net, batch, ctx):
         return LossOutput(loss=net(torch.ones(2, 2)).pow(2).mean())
 
-    def run(compile_, out):
-        torch.manual_seed(0)
-        log = Log()
-        train(
-            model=torch.nn.Linear(2, 1),
-            objective=objective,
-            train_data=ToyData(),
-            valid_data=None,
-            cfg=TrainConfig(steps=2, batch_size=2, log_every=1, compile=compile_),
-            out=out,
-            meta=CheckpointMeta(stage="toy", step=0, config={}),
-            runtime=init_runtime("cpu"),
-            reporter=log,
-        )
-        return log.lines, weights(out)
-
+    log = Log()
     with inductor_config.patch({"cpp.cxx": (None, str(tmp_path / "no-such-c++"))}):
-        lines, compiled = run(True, tmp_path / "c.pt")
+        cfg = TrainConfig(steps=2, batch_size=2, log_every=1, compile=True)
+        compiled = train_linear(tmp_path / "c.pt", cfg, objective, reporter=log)
     assert [
-        line for line in lines if "torch.compile unavailable" in line and "running eager" in line
+        line
+        for line in log.lines
+        if "torch.compile unavailable" in line and "running eager" in line
     ]
-    _, eager = run(False, tmp_path / "e.pt")
+    eager = train_linear(
+        tmp_path / "e.pt", TrainConfig(steps=2, batch_size=2, log_every=1), objective
+    )
     assert all(torch.equal(compiled[k], eager[k]) for k in eager)
