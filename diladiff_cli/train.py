@@ -439,8 +439,6 @@ def _compiler_problem(device: torch.device) -> str | None:
             torch.compile(probe)(x).backward()
     except Exception as err:
         return (str(err).strip().splitlines() or [type(err).__name__])[0]
-    finally:
-        torch._dynamo.reset()
     return None
 
 

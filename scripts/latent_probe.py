@@ -1,10 +1,12 @@
 """What the autoencoder's latent z carries on the oracle corpus: NELBO of the decoders
 given z, the null latent, another block's z and the true topic (the bound); linear probes
-of the topic, the word class at each position and the scene of each word on z.
+of the topic, the word class at each position and the scene of each word on z; decodes
+of the encoder's z against the null latent at a few Ndisc, scored exactly.
 
-The measures are :mod:`diladiff_cli.analysis.latent_probe`; this script loads the
-recipe's checkpoints and latents, calls them and writes a JSON record and a Markdown
-table. About a minute on 2 CPU cores at the defaults.
+The measures are :mod:`diladiff_cli.analysis.latent_probe` and the pipeline's own
+sampler and scorer; this script loads the recipe's checkpoints and latents, calls them
+and writes a JSON record and a Markdown table. About two minutes on 2 CPU cores at the
+defaults, half of it the decodes (``--decode-ndisc`` with no value skips them).
 
 Usage (after the oracle pipeline: prepare, train-mdlm, train-ae, train-bound, encode)::
 
