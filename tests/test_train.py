@@ -94,58 +94,6 @@ class ToyData:
         return self
 
 
-def test_completed_run_is_skipped(tmp_path):
-    out = tmp_path / "m.pt"
-    last_json(run_driver(str(out), "2"))
-    mtime = out.stat().st_mtime_ns
-    assert last_json(run_driver(str(out), "2"))["skipped"]
-    assert out.stat().st_mtime_ns == mtime
-
-
-def test_lr_schedule():
-    cfg = TrainConfig(steps=100, lr=1.0, warmup_steps=10, schedule="cosine", min_lr_ratio=0.1)
-    assert cfg.lr_at(0) == pytest.approx(0.1)
-    assert cfg.lr_at(9) == pytest.approx(1.0)
-    assert cfg.lr_at(10) == pytest.approx(1.0)
-    assert cfg.lr_at(99) == pytest.approx(0.1, abs=1e-3)
-    assert TrainConfig(lr=2.0).lr_at(500) == 2.0
-
-
-def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
-    import numpy as np
-
-    from diladiff_cli.checkpoint import CheckpointMeta, read_meta
-    from diladiff_cli.distributed import init_runtime
-    from diladiff_cli.errors import TrainingDiverged
-    from diladiff_cli.objective import LossOutput
-    from diladiff_cli.train import train
-
-    model = torch.nn.Linear(2, 1)
-    calls = {"n": 0}
-
-    def objective(net, batch, ctx):
-        calls["n"] += 1
-        loss = net(torch.ones(2, 2)).pow(2).mean()
-        if calls["n"] > 4:
-            loss = loss * float("nan")
-        return LossOutput(loss=loss)
-
-    out = tmp_path / "x.pt"
-    with pytest.raises(TrainingDiverged, match="step"):
-        train(
-            model=model,
-            objective=objective,
-            train_data=ToyData(),
-            valid_data=None,
-            cfg=TrainConfig(steps=10, batch_size=2, ckpt_every=2, log_every=1),
-            out=out,
-            meta=CheckpointMeta(stage="toy", step=0, config={}),
-            runtime=init_runtime("cpu"),
-        )
-    assert read_meta(out).step == 4
-    assert np.isfinite(weights(out)["weight"].numpy()).all()
-
-
 def train_linear(out, cfg, objective, reporter=None):
     """The loop on a 2 -> 1 linear model and ``ToyData``: the toy objectives ignore the
     batch. Returns the written weights."""
@@ -166,6 +114,46 @@ def train_linear(out, cfg, objective, reporter=None):
         reporter=reporter,
     )
     return weights(out)
+
+
+def test_completed_run_is_skipped(tmp_path):
+    out = tmp_path / "m.pt"
+    last_json(run_driver(str(out), "2"))
+    mtime = out.stat().st_mtime_ns
+    assert last_json(run_driver(str(out), "2"))["skipped"]
+    assert out.stat().st_mtime_ns == mtime
+
+
+def test_lr_schedule():
+    cfg = TrainConfig(steps=100, lr=1.0, warmup_steps=10, schedule="cosine", min_lr_ratio=0.1)
+    assert cfg.lr_at(0) == pytest.approx(0.1)
+    assert cfg.lr_at(9) == pytest.approx(1.0)
+    assert cfg.lr_at(10) == pytest.approx(1.0)
+    assert cfg.lr_at(99) == pytest.approx(0.1, abs=1e-3)
+    assert TrainConfig(lr=2.0).lr_at(500) == 2.0
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
+    import numpy as np
+
+    from diladiff_cli.checkpoint import read_meta
+    from diladiff_cli.errors import TrainingDiverged
+    from diladiff_cli.objective import LossOutput
+
+    calls = {"n": 0}
+
+    def objective(net, batch, ctx):
+        calls["n"] += 1
+        loss = net(torch.ones(2, 2)).pow(2).mean()
+        if calls["n"] > 4:
+            loss = loss * float("nan")
+        return LossOutput(loss=loss)
+
+    out = tmp_path / "x.pt"
+    with pytest.raises(TrainingDiverged, match="step"):
+        train_linear(out, TrainConfig(steps=10, batch_size=2, ckpt_every=2, log_every=1), objective)
+    assert read_meta(out).step == 4
+    assert np.isfinite(weights(out)["weight"].numpy()).all()
 
 
 @pytest.mark.parametrize("deterministic", [True, False])
