@@ -107,22 +107,26 @@ def decode_latents(
     # "mdlm" as the sweeps take it: the autoencoder's decoder given the null latent
     pipe = dataclasses.replace(pipe, parts={**pipe.parts, "autoencoder": ae_path, "mdlm": ae_path})
     n = len(z)
+
+    def estimates(texts_per_seed: list[list[str]]) -> dict:
+        scores = [pipe.score(texts).oracle for texts in texts_per_seed]
+        return {
+            "nll": dataclasses.asdict(BlockEstimate.of([sc.nll_per_token for sc in scores])),
+            "purity": dataclasses.asdict(BlockEstimate.of([sc.purity for sc in scores])),
+        }
+
     rows = []
     for ndisc in ndiscs:
-        row: dict = {"ndisc": ndisc, "tokens_per_pass": seq_len / ndisc}
-        for name in ("z", "null"):
-            scores = []
-            for s in seeds:
-                texts = (
-                    pipe.decode(z, ndisc=ndisc, seed=s, batch_size=n)
-                    if name == "z"
-                    else pipe.generate(n, model="mdlm", ndisc=ndisc, seed=s, batch_size=n).texts
-                )
-                scores.append(pipe.score(texts).oracle)
-            row[name] = {
-                "nll": dataclasses.asdict(BlockEstimate.of([sc.nll_per_token for sc in scores])),
-                "purity": dataclasses.asdict(BlockEstimate.of([sc.purity for sc in scores])),
-            }
+        z_texts = [pipe.decode(z, ndisc=ndisc, seed=s, batch_size=n) for s in seeds]
+        null_texts = [
+            pipe.generate(n, model="mdlm", ndisc=ndisc, seed=s, batch_size=n).texts for s in seeds
+        ]
+        row = {
+            "ndisc": ndisc,
+            "tokens_per_pass": seq_len / ndisc,
+            "z": estimates(z_texts),
+            "null": estimates(null_texts),
+        }
         rows.append(row)
         print(f"decodes at Ndisc {ndisc}: {row}", flush=True)
     return {"blocks": len(z), "seeds": list(seeds), "rows": rows}
