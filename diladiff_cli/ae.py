@@ -18,9 +18,11 @@ latents, each on a share of the batch, and latent dropout (z replaced by the nul
 latent). Evaluation runs none of them.
 
 The perfect-latent bound (``encoder.name: oracle-topic``, oracle corpus only) is the
-same model, objective and loop with another input: no encoder, and each block's states
+same decoder, objective and loop with another input: no encoder, each block's states
 are the one-hot of its document's topic (:class:`~diladiff_cli.encoder.OracleTopicBlocks`),
-so the decoder, its cross-attention and the budget are the autoencoder's.
+and the compressor is the topic's learned embedding
+(:class:`~diladiff_cli.models.autoencoder.TopicEmbedding`), so z is the topic; the
+decoder, its cross-attention and the budget are the autoencoder's.
 """
 
 from __future__ import annotations
@@ -79,6 +81,7 @@ from diladiff_cli.models.autoencoder import (
     Corruption,
     FrozenEncoder,
     LatentDecoder,
+    TopicEmbedding,
 )
 from diladiff_cli.models.dit import DiT
 from diladiff_cli.models.mdlm_import import load_mdlm_pretrained
@@ -155,9 +158,15 @@ def build_autoencoder(cfg: AEStageConfig, *, dit: DiT, encoder_dim: int) -> Auto
         )
     except ValueError as err:
         raise DiladiffError(f"decoder: {err}") from None
+    if cfg.encoder.name == ORACLE_TOPIC:  # the bound: encoder_dim is the number of topics
+        compressor = TopicEmbedding(
+            num_topics=encoder_dim, num_latents=c.num_latents, latent_dim=c.latent_dim
+        )
+    else:
+        compressor = PerceiverCompressor.from_config(c, input_dim=encoder_dim)
     return Autoencoder(
         encoder_dim=encoder_dim,
-        compressor=PerceiverCompressor.from_config(c, input_dim=encoder_dim),
+        compressor=compressor,
         decoder=decoder,
         latent_norm=cfg.latent_norm,
         null_latent=cfg.decoder.null_latent,

@@ -8,7 +8,8 @@ runs the frozen encoder once per block when the recipe asks for it.
 
 On an oracle corpus, :class:`OracleTopicBlocks` replaces the encoder for the
 perfect-latent bound (``encoder.name: oracle-topic``): a block's "states" are one
-vector, the one-hot of its document's topic, fed to the same compressor.
+vector, the one-hot of its document's topic, which the bound's compressor embeds
+(:class:`~diladiff_cli.models.autoencoder.TopicEmbedding`).
 """
 
 from __future__ import annotations

