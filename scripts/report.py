@@ -1105,11 +1105,12 @@ def build_report(ctx: Context) -> str:
                 "seed (results/oracle/mdlm_transition), and goes on improving for hundreds of "
                 "steps after; shorter trainings left some seeds before it or just past it "
                 "and some well past it. The verdicts about the latent (experiments 1, 2 and "
-                "5) follow that side: a latent has the topic to add only to an MDLM that has "
-                "not learnt it. Past it, what the latent adds depends on whether the "
-                "autoencoder's decoder keeps the topic when it unmasks many tokens at once, "
-                "which also differs between trainings. The headline states this run's side "
-                "(the topic purity of the MDLM's samples); docs/oracle.md compares seeds.",
+                "5) follow the MDLM: past the transition, what the latent adds at many tokens "
+                "per pass depends on whether the autoencoder trained on that MDLM puts the "
+                "topic into z at a scale its decoder reads (between trainings, from half of "
+                "z's variance down to 3 %), so that its decoder keeps the topic when it "
+                "unmasks many tokens at once. The headline states this run's side (the topic "
+                "purity of the MDLM's samples); docs/oracle.md compares seeds.",
             ]
             if ctx.scale == "oracle"
             else []
