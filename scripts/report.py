@@ -798,7 +798,7 @@ def timings_section(ctx: Context, timings: dict[str, Any] | None) -> list[str]:
     lines = ["## Stage wall times", ""]
     if not timings or not timings.get("stages"):
         return lines + ["Not run: no `timings.json` (run `python scripts/reproduce.py`)."]
-    rows, total = [], 0.0
+    rows, total, partial = [], 0.0, False
     for name, e in timings["stages"].items():
         if name == "report":  # it is writing this table
             continue
@@ -807,6 +807,9 @@ def timings_section(ctx: Context, timings: dict[str, Any] | None) -> list[str]:
             status = "interrupted" if rc == 130 else f"failed (exit {rc})"
         elif e.get("skipped"):
             status = "skipped: up to date (the time of the run that did it)"
+        elif e.get("partial"):
+            status = f"done, {e['partial']} (the time of the redone part only)"
+            partial = True
         else:
             status = "done"
         total += float(e.get("seconds") or 0.0)
@@ -828,6 +831,10 @@ def timings_section(ctx: Context, timings: dict[str, Any] | None) -> list[str]:
     lines.append(
         "A skipped stage counts the run that did its work, so the total is the whole "
         "pipeline's cost; every command is in timings.json."
+        if not partial
+        else "A skipped stage counts the run that did its work, but a stage that found part "
+        "of its work cached counts only the part it redid: this total understates the "
+        "whole pipeline's cost. Every command is in timings.json."
     )
     return lines
 

@@ -338,6 +338,18 @@ def found_done(record: dict[str, Any] | None) -> bool:
     return bool(latents) and all(isinstance(r, dict) and r.get("encoded") == 0 for r in latents)
 
 
+def partly_cached(record: dict[str, Any] | None) -> str | None:
+    """What a CLI stage that ran found already done ("3 of 12 cells cached"), when it
+    redid only part of its work; None when it did all of it (or none: :func:`found_done`).
+    Its wall time is then that of the redone part only."""
+    if not record:
+        return None
+    run, cached = record.get("cells_run"), record.get("cells_cached")  # pareto
+    if isinstance(run, int) and isinstance(cached, int) and run > 0 and cached > 0:
+        return f"{cached} of {run + cached} cells cached"
+    return None
+
+
 # ----------------------------------------------------------------------------- timings
 
 
@@ -364,11 +376,14 @@ def timing_entry(
     seconds: float,
     skipped: bool,
     when: str,
+    partial: str | None = None,
 ) -> dict[str, Any]:
     """The ``timings.json`` entry of a stage that just ran (or was skipped).
 
     A skipped stage keeps the seconds and the date of the earlier run that did the work,
-    with this run's check under ``checked``; without such a run, this run's own.
+    with this run's check under ``checked``; without such a run, this run's own. A stage
+    that redid only part of its work (``partial``, e.g. "3 of 12 cells cached") records
+    this run's seconds, those of the redone part, and says so under ``partial``.
     """
     entry = {
         "command": command,
@@ -378,7 +393,7 @@ def timing_entry(
         "skipped": skipped,
     }
     if not skipped:
-        return entry
+        return entry if partial is None else {**entry, "partial": partial}
     check = {"when": when, "seconds": round(seconds, 3)}
     if earlier and earlier.get("returncode") == 0 and "seconds" in earlier:
         return {
@@ -411,6 +426,7 @@ class Outcome:
     returncode: int
     seconds: float
     skipped: bool
+    partial: str | None = None
 
 
 def run_stage(stage: Stage, *, force: bool, env: dict[str, str]) -> Outcome:
@@ -438,8 +454,8 @@ def run_stage(stage: Stage, *, force: bool, env: dict[str, str]) -> Outcome:
     if returncode < 0:  # killed by a signal
         returncode = 128 - returncode
     seconds = time.perf_counter() - t0
-    skipped = stage.kind == "cli" and returncode == 0 and found_done(last_json(list(tail)))
-    return Outcome(returncode, seconds, skipped)
+    record = last_json(list(tail)) if stage.kind == "cli" and returncode == 0 else None
+    return Outcome(returncode, seconds, found_done(record), partly_cached(record))
 
 
 def run_plan(
@@ -475,6 +491,7 @@ def run_plan(
             seconds=outcome.seconds,
             skipped=outcome.skipped,
             when=now(),
+            partial=outcome.partial,
         )
         order = [s.name for s in stages] + [n for n in timings["stages"] if n not in names]
         timings["stages"] = {n: timings["stages"][n] for n in order if n in timings["stages"]}
@@ -493,6 +510,8 @@ def run_plan(
             )
             return outcome.returncode
         status = "skipped (up to date)" if outcome.skipped else "done"
+        if outcome.partial:
+            status += f" ({outcome.partial})"
         console.print(Text(f"✓ {stage.name:<24} {outcome.seconds:8.1f} s  {status}", "green"))
     plural = "s" if len(stages) != 1 else ""
     console.print(f"{len(stages)} stage{plural} in {total:.1f} s; timings in {timings_path}")

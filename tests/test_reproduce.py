@@ -12,6 +12,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from _clikit import documented_commands
@@ -248,6 +249,28 @@ def test_timing_entry_without_an_earlier_run():
         None, command="c", returncode=0, seconds=0.0, skipped=True, when="now"
     )
     assert entry["seconds"] == 0.0 and entry["note"] == "done before any timed run"
+
+
+def test_a_partly_cached_stage_says_its_time_is_the_redone_part_only():
+    assert reproduce.partly_cached({"cells_run": 2, "cells_cached": 8}) == "8 of 10 cells cached"
+    for record in ({"cells_run": 0, "cells_cached": 8}, {"cells_run": 9, "cells_cached": 0},
+                   {"skipped": True}, None):  # fmt: skip
+        assert reproduce.partly_cached(record) is None
+    entry = reproduce.timing_entry(
+        None, command="c", returncode=0, seconds=21.0, skipped=False, when="now",
+        partial="8 of 10 cells cached",
+    )  # fmt: skip
+    assert entry["seconds"] == 21.0 and entry["partial"] == "8 of 10 cells cached"
+    stages = {
+        "train-mdlm": {"returncode": 0, "seconds": 390.0, "when": "t0", "skipped": True},
+        "pareto-exp2": {"returncode": 0, "seconds": 21.0, "when": "t1", "skipped": False},
+    }
+    whole = "\n".join(report.timings_section(SimpleNamespace(scale="oracle"), {"stages": stages}))
+    assert "so the total is the whole pipeline's cost" in whole
+    stages["pareto-exp2"] = entry
+    part = "\n".join(report.timings_section(SimpleNamespace(scale="oracle"), {"stages": stages}))
+    assert "| pareto-exp2 | 21.0 s | done, 8 of 10 cells cached (the time of the redone" in part
+    assert "this total understates the whole pipeline's cost" in part
 
 
 # ----------------------------------------------------------------------------- report
