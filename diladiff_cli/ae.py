@@ -634,7 +634,14 @@ def load_autoencoder(path: str | Path, *, device: torch.device) -> LoadedAutoenc
     decoder_config = from_dict(DiTConfig, extra["decoder"], source=f"{path} metadata")
     dit = DiT.from_config(decoder_config)
     model = build_autoencoder(cfg, dit=dit, encoder_dim=int(extra["encoder_hidden"]))
-    load_into(model, load_checkpoint(path, stage=STAGE).tensors, source=str(path))
+    tensors = load_checkpoint(path, stage=STAGE).tensors
+    if cfg.encoder.name == ORACLE_TOPIC and "compressor.latents" in tensors:
+        raise CheckpointError(
+            f"{path} is a perfect-latent bound from before its topic embedding (its z, a "
+            "Perceiver over the topic's one-hot, barely depends on the topic): train it again "
+            "(remove it; `make reproduce` or `train-ae ... --set ae.encoder.name=oracle-topic`)"
+        )
+    load_into(model, tensors, source=str(path))
     encoder, enc_tokenizer = None, None  # the bound: its states are topics, not text
     if cfg.encoder.name != ORACLE_TOPIC:
         encoder, enc_tokenizer = load_encoder(cfg.encoder, device=device)

@@ -143,6 +143,14 @@ def read_meta(path: str | Path) -> CheckpointMeta:
     return parse_meta(doc, source=str(path))
 
 
+def tensor_names(path: str | Path) -> set[str]:
+    """The names of the tensors of a weights file (cheap: the header only; an unreadable
+    file gives the one-line error of :func:`read_meta`)."""
+    read_meta(path)
+    with safetensors.safe_open(str(path), framework="pt") as fh:
+        return set(fh.keys())
+
+
 def load_checkpoint(path: str | Path, *, stage: str | Iterable[str]) -> Checkpoint:
     """Load a weights file written by ``stage`` (or one of several stages).
 

@@ -48,6 +48,8 @@ from diladiff_cli.checkpoint import (
     remove_orphans,
     save_train_state,
     save_weights,
+    state_dir,
+    tensor_names,
 )
 from diladiff_cli.config.train import Precision, TrainConfig
 from diladiff_cli.distributed import Runtime, all_reduce_mean, raise_together
@@ -294,7 +296,7 @@ def train(
     micro, accum = _micro_batches(cfg, runtime.world_size)
     model.to(runtime.device)
     base = model
-    if resume and _is_complete(out, meta.stage, fingerprint, cfg.steps):
+    if resume and _is_complete(out, meta.stage, fingerprint, cfg.steps, model=base):
         # only read, without the lock: a finished output on a read-only disk is still done
         reporter.log(f"{out} is complete ({cfg.steps} steps): nothing to do")
         return TrainResult(step=cfg.steps, resumed_from=cfg.steps, skipped=True)
@@ -683,19 +685,35 @@ def _step_metrics(
     return metrics
 
 
-def _is_complete(out: Path, stage: str, fingerprint: str, steps: int) -> bool:
-    """Whether ``out`` already holds this run's final weights (make-style skip)."""
+def _is_complete(out: Path, stage: str, fingerprint: str, steps: int, *, model: nn.Module) -> bool:
+    """Whether ``out`` already holds this run's final weights (make-style skip).
+
+    Raises:
+        CheckpointError: it holds a finished run of this config written by another model
+            layout (an older version of the code): skipping would leave a checkpoint
+            nothing can load, and training over it would discard a finished run.
+    """
     if not out.exists():
         return False
     try:
         done = read_meta(out)
     except CheckpointError:
         return False
-    return (
+    finished = (
         done.stage == stage
         and config_fingerprint(done.config) == fingerprint
         and done.step >= steps
     )
+    if finished:
+        names, own = tensor_names(out), set(model.state_dict())
+        if names != own:
+            first = sorted(names ^ own)[0]
+            raise CheckpointError(
+                f"{out} holds a finished run of this config from another model layout "
+                f"({len(names ^ own)} tensor names differ, e.g. '{first}'; an older version "
+                f"of the code?): remove it and {state_dir(out)} to train it again"
+            )
+    return finished
 
 
 def _validate(

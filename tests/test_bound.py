@@ -152,6 +152,17 @@ def test_the_bound_latent_is_the_topic_at_full_scale(env):
     assert spread > 0.3 * raw[:4].abs().mean()
 
 
+def test_a_bound_from_before_the_topic_embedding_is_refused_with_its_fix(env, tmp_path):
+    from diladiff_cli.checkpoint import load_checkpoint, save_weights
+
+    old = tmp_path / "old_bound.pt"
+    tensors = load_checkpoint(env.checkpoint, stage="ae").tensors
+    tensors["compressor.latents"] = torch.zeros(2, 2)  # the former Perceiver's
+    save_weights(old, tensors, read_meta(env.checkpoint))
+    with pytest.raises(DiladiffError, match="before its topic embedding.*train it again"):
+        load_autoencoder(old, device=torch.device("cpu"))
+
+
 def test_generate_bound_is_seeded_and_records_the_topics(env):
     settings = SampleSettings(num_samples=5, batch_size=2, ndisc=4, selection="confidence", seed=7)
     runtime = init_runtime("cpu")

@@ -94,16 +94,16 @@ class ToyData:
         return self
 
 
-def train_linear(out, cfg, objective, reporter=None):
-    """The loop on a 2 -> 1 linear model and ``ToyData``: the toy objectives ignore the
-    batch. Returns the written weights."""
+def train_linear(out, cfg, objective, reporter=None, model=None):
+    """The loop on a 2 -> 1 linear model (or ``model``) and ``ToyData``: the toy
+    objectives ignore the batch. Returns the written weights."""
     from diladiff_cli.checkpoint import CheckpointMeta
     from diladiff_cli.distributed import init_runtime
     from diladiff_cli.train import train
 
     torch.manual_seed(0)
     train(
-        model=torch.nn.Linear(2, 1),
+        model=model if model is not None else torch.nn.Linear(2, 1),
         objective=objective,
         train_data=ToyData(),
         valid_data=None,
@@ -122,6 +122,24 @@ def test_completed_run_is_skipped(tmp_path):
     mtime = out.stat().st_mtime_ns
     assert last_json(run_driver(str(out), "2"))["skipped"]
     assert out.stat().st_mtime_ns == mtime
+
+
+def test_a_finished_run_of_another_model_layout_is_refused_not_skipped(tmp_path):
+    """Same config, finished, but written by another layout (code that changed a module):
+    skipping would leave weights nothing loads, so the run says what to remove."""
+    from diladiff_cli.errors import CheckpointError
+    from diladiff_cli.objective import LossOutput
+
+    def objective(net, batch, ctx):
+        return LossOutput(loss=net(torch.ones(2, 2)).pow(2).mean())
+
+    out, cfg = tmp_path / "m.pt", TrainConfig(steps=2, batch_size=2, log_every=1)
+    first = train_linear(out, cfg, objective)
+    mtime = out.stat().st_mtime_ns
+    train_linear(out, cfg, objective)  # the same layout: skipped
+    with pytest.raises(CheckpointError, match="another model layout.*remove it"):
+        train_linear(out, cfg, objective, model=torch.nn.Sequential(torch.nn.Linear(2, 1)))
+    assert out.stat().st_mtime_ns == mtime and set(weights(out)) == set(first)
 
 
 def test_lr_schedule():
