@@ -20,7 +20,7 @@ z = pipe.encode(texts)
 out = {"autoencoder": sys.argv[1]}
 for ndisc in (4, 16):
     decoded = pipe.decode(z, ndisc=ndisc, seed=0, batch_size=48)
-    kept = same_topic(topics_of(oracle, list(decoded.texts)), source).mean()
+    kept = same_topic(topics_of(oracle, list(decoded)), source).mean()
     score = pipe.score(decoded).oracle
     out[ndisc] = {"topic_kept": float(kept), "nll": score.nll_per_token, "purity": score.purity}
 print(json.dumps(out))
