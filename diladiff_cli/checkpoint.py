@@ -172,17 +172,23 @@ def load_checkpoint(path: str | Path, *, stage: str | Iterable[str]) -> Checkpoi
     return Checkpoint(tensors=tensors, meta=meta, path=path)
 
 
+def layout_difference(module: torch.nn.Module, names: Iterable[str]) -> str | None:
+    """How the tensor ``names`` of a weights file differ from ``module``'s state dict
+    ("2 missing and 30 unexpected tensors (missing 'x')"); None when they are the same."""
+    own, found = set(module.state_dict()), set(names)
+    missing, unexpected = sorted(own - found), sorted(found - own)
+    if not missing and not unexpected:
+        return None
+    first = f"missing '{missing[0]}'" if missing else f"unexpected '{unexpected[0]}'"
+    return f"{len(missing)} missing and {len(unexpected)} unexpected tensors ({first})"
+
+
 def load_into(module: torch.nn.Module, tensors: dict[str, torch.Tensor], *, source: str) -> None:
     """``load_state_dict(strict=True)`` with a one-line error on any mismatch."""
     own = module.state_dict()
-    missing = sorted(set(own) - set(tensors))
-    unexpected = sorted(set(tensors) - set(own))
-    if missing or unexpected:
-        first = f"missing '{missing[0]}'" if missing else f"unexpected '{unexpected[0]}'"
-        raise CheckpointError(
-            f"{source} does not fit the model: {len(missing)} missing and "
-            f"{len(unexpected)} unexpected tensors ({first})"
-        )
+    difference = layout_difference(module, tensors)
+    if difference is not None:
+        raise CheckpointError(f"{source} does not fit the model: {difference}")
     for name, tensor in tensors.items():
         if own[name].shape != tensor.shape:
             raise CheckpointError(

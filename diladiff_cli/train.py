@@ -42,6 +42,7 @@ from torch.nn.parallel import DistributedDataParallel
 from diladiff_cli.checkpoint import (
     CheckpointMeta,
     TrainState,
+    layout_difference,
     load_into,
     load_train_state,
     read_meta,
@@ -704,15 +705,13 @@ def _is_complete(out: Path, stage: str, fingerprint: str, steps: int, *, model: 
         and config_fingerprint(done.config) == fingerprint
         and done.step >= steps
     )
-    if finished:
-        names, own = tensor_names(out), set(model.state_dict())
-        if names != own:
-            first = sorted(names ^ own)[0]
-            raise CheckpointError(
-                f"{out} holds a finished run of this config from another model layout "
-                f"({len(names ^ own)} tensor names differ, e.g. '{first}'; an older version "
-                f"of the code?): remove it and {state_dir(out)} to train it again"
-            )
+    difference = layout_difference(model, tensor_names(out)) if finished else None
+    if difference is not None:
+        raise CheckpointError(
+            f"{out} holds a finished run of this config from another model layout "
+            f"({difference}; an older version of the code?): remove it and "
+            f"{state_dir(out)} to train it again"
+        )
     return finished
 
 
