@@ -85,7 +85,7 @@ def test_dry_run_cpu_scales_list_every_stage_in_order(scale, args):
         f"scripts/ae_report.py --recipe recipes/{scale}/exp1_latent_analysis.yaml "
         f"--out-md results/{scale}/exp1_latent_analysis/analysis.md "
         f"--out-json results/{scale}/exp1_latent_analysis/analysis.json "
-        "--blocks 16 --nelbo-batches 4 --analysis-blocks 12 --bench-steps 0"
+        "--blocks 16 --nelbo-batches 4 --analysis-blocks 64 --bench-steps 0"
     )
     assert commands["report"].endswith(
         f"scripts/report.py --scale {scale} --results results/{scale}"
