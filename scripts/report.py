@@ -58,6 +58,7 @@ from diladiff_cli.analysis.verdicts import (
     not_worse,
     quality_measure,
     read_rows,
+    speedup_across_trainings,
     speedup_interval,
     speedup_lower_bound,
     usual,
@@ -241,6 +242,16 @@ def speedup_text(s: Any) -> str:
     )
 
 
+def nll_speedup(rows: list[dict[str, Any]], model: str) -> SpeedUpInterval:
+    """``model``'s speed-up over MDLM in seconds per sample at equal oracle NLL, over
+    ``rows`` (one temperature's cells)."""
+    return speedup_interval(
+        frontier_points(rows, model="mdlm", column=ORACLE_NLL.column),
+        frontier_points(rows, model=model, column=ORACLE_NLL.column),
+        better=ORACLE_NLL.better,
+    )
+
+
 def speedups(rows: list[dict[str, Any]], model: str, temperature: float) -> list[str]:
     """``model``'s speed-ups over MDLM in seconds per sample, in words: at equal oracle
     NLL with its interval (oracle corpora), then at equal MAUVE and GenPPL."""
@@ -255,11 +266,7 @@ def speedups(rows: list[dict[str, Any]], model: str, temperature: float) -> list
         )
 
     if is_oracle(rows):
-        s = speedup_interval(
-            frontier_points(at_t, model="mdlm", column=ORACLE_NLL.column),
-            frontier_points(at_t, model=model, column=ORACLE_NLL.column),
-            better=ORACLE_NLL.better,
-        )
+        s = nll_speedup(at_t, model)
         b = bound(ORACLE_NLL.column, ORACLE_NLL.better) if s.factor is None else None
         text = interval_text(s, ORACLE_NLL.name)
         texts.append(
@@ -988,7 +995,40 @@ def trainings_section(ctx: Context, others: list[Path]) -> list[str]:
             "experiment | part | " + " | ".join(names) + " | agree",
             [[r.experiment, r.part, *r.outcomes, "yes" if r.agree else "**no**"] for r in rows],
         ),
+        *pooled_speedups(ctx, others),
     ]
+
+
+def pooled_speedups(ctx: Context, others: list[Path]) -> list[str]:
+    """The headline speed-ups at equal oracle NLL of this run and ``others`` taken
+    together (:func:`~diladiff_cli.analysis.verdicts.speedup_across_trainings`): a verdict
+    on the recipe whose noise includes the training's. Nothing off oracle corpora or when
+    a run has no experiment-5 sweep."""
+    tables = [read_rows(r / EXPERIMENTS[5] / "pareto.csv") for r in (ctx.results, *others)]
+    if not all(t and is_oracle(t) for t in tables):
+        return []
+    lines = [
+        "",
+        "The headline across these trainings. Rule: the geometric mean of the runs' speed-ups "
+        "over MDLM at equal oracle NLL (each run's headline factor), its interval "
+        f"±{K:g} standard errors of the mean log factor over the trainings, which covers "
+        "what changes between trainings as each run's own interval does not; above 1x: "
+        "supported, below: not supported. With a handful of trainings the standard error is "
+        "itself rough (±2 SE over 4 runs is about an 86 % interval).",
+        "",
+    ]
+    for model in ("diladiff", "ladiff"):
+        found = [nll_speedup(match(t, temperature=ctx.temperature), model) for t in tables]
+        missing = sum(f.factor is None for f in found)
+        if missing:
+            lines.append(
+                f"- {NAMES[model]}: *inconclusive*: {missing} of {len(found)} runs share no "
+                "quality range with MDLM."
+            )
+            continue
+        pooled = speedup_across_trainings([f.factor for f in found if f.factor is not None])
+        lines.append(f"- {NAMES[model]}: {pooled.measured}: *{pooled.outcome}*.")
+    return lines
 
 
 def floor_section(ctx: Context) -> list[str]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import csv
 import importlib.util
 import json
+import math
 import os
 import subprocess
 import sys
@@ -85,7 +86,8 @@ def test_dry_run_cpu_scales_list_every_stage_in_order(scale, args):
         f"scripts/ae_report.py --recipe recipes/{scale}/exp1_latent_analysis.yaml "
         f"--out-md results/{scale}/exp1_latent_analysis/analysis.md "
         f"--out-json results/{scale}/exp1_latent_analysis/analysis.json "
-        "--blocks 16 --nelbo-batches 4 --analysis-blocks 64 --bench-steps 0"
+        f"--blocks 16 --nelbo-batches 4 --analysis-blocks {64 if scale == 'oracle' else 12} "
+        "--bench-steps 0"
     )
     assert commands["report"].endswith(
         f"scripts/report.py --scale {scale} --results results/{scale}"
@@ -768,3 +770,32 @@ def test_report_sets_its_verdicts_beside_the_other_pipeline_seeds(tmp_path):
     header = "| experiment | part | this run | [pipeline_seed1](pipeline_seed1/REPORT.md) | agree |"
     assert header in section
     assert f"| exp5 | {part} | {mine['exp5']['parts'][part]} | {flipped} | **no** |" in section
+
+
+def test_report_pools_the_headline_speed_up_over_the_pipeline_seeds(tmp_path):
+    # Each run: DiLaDiff at MDLM's oracle NLL for 1/f of its seconds (f = 2 and 2.2), LaDiff
+    # at twice MDLM's seconds (0.5x): pooled 2.10x, 2 SE of the mean log factor each way.
+    def run(directory: Path, factor: float) -> None:
+        rows = [
+            _row(model, n, mauve=0.5, genppl=100.0, seconds=0.01 * (i + 1) * scale, se=0.01,
+                 ncont={"ladiff": 200, "diladiff": 5}.get(model, 0), oracle_nll=(8.0, 6.0)[i],
+                 oracle_nll_se=0.01, oracle_purity=0.4, oracle_purity_se=0.01)
+            for model, scale in (("mdlm", 1.0), ("ladiff", 2.0), ("diladiff", 1 / factor))
+            for i, n in enumerate((4, 16))
+        ]  # fmt: skip
+        _write_sweep(directory / "exp5_diladiff_frontier", rows)
+        assert report.main(["--scale", "oracle", "--results", str(directory)]) == 0
+
+    results = tmp_path / "results"
+    run(results / "pipeline_seed1", 2.2)
+    run(results, 2.0)
+    section = (results / "REPORT.md").read_text().split("## Across trainings")[1].split("\n## ")[0]
+    logs = (math.log(2.0), math.log(2.2))
+    mean, se = sum(logs) / 2, abs(logs[1] - logs[0]) / 2  # stdev of two / sqrt(2)
+    low, high = math.exp(mean - 2 * se), math.exp(mean + 2 * se)
+    assert (
+        f"- DiLaDiff: {math.exp(mean):.2f}x over 2 trainings (2.00x, 2.20x), "
+        f"interval {low:.2f}x-{high:.2f}x: *supported*."
+    ) in section
+    assert "- LaDiff: 0.50x over 2 trainings (0.50x, 0.50x), interval 0.50x-0.50x: " in section
+    assert "*not supported*." in section.split("- LaDiff:")[1]

@@ -28,6 +28,7 @@ from diladiff_cli.analysis.verdicts import (
     not_worse,
     quality_measure,
     read_rows,
+    speedup_across_trainings,
     speedup_interval,
     speedup_lower_bound,
     verdict,
@@ -319,3 +320,23 @@ def test_agreement_across_trainings_marks_a_missing_part():
         ("equal quality", ("supported", "supported"), True),
         ("equal throughput", ("supported", "missing"), False),
     ]
+
+
+def test_speedup_across_trainings_pools_the_runs_factors_with_their_spread():
+    close = speedup_across_trainings([1.2, 1.25, 1.3])  # every training a little faster
+    assert close.outcome == "supported"
+    assert close.factor == pytest.approx((1.2 * 1.25 * 1.3) ** (1 / 3))
+    logs = [math.log(f) for f in (1.2, 1.25, 1.3)]
+    mean = sum(logs) / 3
+    se = math.sqrt(sum((x - mean) ** 2 for x in logs) / 2) / math.sqrt(3)
+    assert close.low == pytest.approx(math.exp(mean - 2 * se))
+    assert close.high == pytest.approx(math.exp(mean + 2 * se))
+    assert "over 3 trainings (1.20x, 1.25x, 1.30x)" in close.measured
+    # one training decides, the others sit near 1x: the spread makes it inconclusive
+    assert speedup_across_trainings([1.4, 0.95, 1.05]).outcome == "inconclusive"
+    assert speedup_across_trainings([0.8, 0.85, 0.9]).outcome == "not supported"
+    assert speedup_across_trainings([1.2, 1.25, 1.3], at_least=1.5).outcome == "not supported"
+    one = speedup_across_trainings([3.0])  # no spread from one training: no interval
+    assert (one.outcome, one.factor, one.low) == ("inconclusive", pytest.approx(3.0), None)
+    assert "no interval" in one.measured
+    assert speedup_across_trainings([]).measured == "no run has a factor"
