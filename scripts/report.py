@@ -1151,13 +1151,14 @@ def build_report(ctx: Context) -> str:
                 "infer the document's topic abruptly, at a step that depends on the training "
                 "seed (results/oracle/mdlm_transition), and goes on improving for hundreds of "
                 "steps after; shorter trainings left some seeds before it or just past it "
-                "and some well past it. The verdicts about the latent (experiments 1, 2 and "
-                "5) follow the MDLM: past the transition, what the latent adds at many tokens "
-                "per pass depends on whether the autoencoder trained on that MDLM puts the "
-                "topic into z at a scale its decoder reads (between trainings, from half of "
-                "z's variance down to 3 %), so that its decoder keeps the topic when it "
-                "unmasks many tokens at once. The headline states this run's side (the topic "
-                "purity of the MDLM's samples); docs/oracle.md compares seeds.",
+                "and some well past it. Past it, what the latent adds at many tokens per pass "
+                "depends on how well the autoencoder's decoder, trained on that MDLM, takes "
+                "the topic from z, and that differs between trainings (experiment 1's topic "
+                "kept at t = 0 gives this run's; with local latents and 200 autoencoder steps "
+                "some seeds' decoders barely used z, and the verdicts about the latent "
+                "followed). The headline states this run's MDLM (the topic purity of its "
+                'samples); docs/oracle.md compares seeds, and "Across trainings", where '
+                "other seeds' runs are present, sets them side by side.",
             ]
             if ctx.scale == "oracle"
             else []
