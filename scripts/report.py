@@ -1014,7 +1014,7 @@ def pooled_speedups(ctx: Context, others: list[Path]) -> list[str]:
         f"±{K:g} standard errors of the mean log factor over the trainings, which covers "
         "what changes between trainings as each run's own interval does not; above 1x: "
         "supported, below: not supported. With a handful of trainings the standard error is "
-        "itself rough (±2 SE over 4 runs is about an 86 % interval).",
+        "itself rough (±2 SE over 4 runs, for example, is about an 86 % interval).",
         "",
     ]
     for model in ("diladiff", "ladiff"):
