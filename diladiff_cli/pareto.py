@@ -35,14 +35,13 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
-import math
-import statistics
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from diladiff_cli.analysis.verdicts import mean_and_se
 from diladiff_cli.config.evaluation import EvalConfig, ParetoConfig
 from diladiff_cli.config.train import Precision
 from diladiff_cli.data import load_data_info
@@ -371,19 +370,6 @@ def make_row(cell: Cell, record: dict[str, Any], *, seed: int) -> dict[str, Any]
         "device": speed["device"],
         "cell": cell.name,
     }
-
-
-def mean_and_se(values: list[Any]) -> tuple[float | None, float | None]:
-    """The mean of the measured values (None skipped) and its standard error: the
-    standard deviation over them (ddof 1) / sqrt(their number); no standard error from
-    fewer than two values or from a non-finite one."""
-    present = [float(v) for v in values if v is not None]
-    if not present:
-        return None, None
-    mean = math.fsum(present) / len(present)
-    if len(present) < 2 or not all(math.isfinite(v) for v in present):
-        return mean, None
-    return mean, statistics.stdev(present) / math.sqrt(len(present))
 
 
 def aggregate(seed_rows: list[dict[str, Any]]) -> dict[str, Any]:

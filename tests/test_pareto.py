@@ -18,7 +18,7 @@ import pytest
 from _evalkit import make_data, make_judge, make_mdlm
 
 from diladiff_cli import pareto
-from diladiff_cli.analysis.verdicts import pareto_frontier
+from diladiff_cli.analysis.verdicts import mean_and_se, pareto_frontier
 from diladiff_cli.config import EvalConfig, GridConfig, MauveConfig, ParetoConfig, ScorerConfig
 from diladiff_cli.distributed import init_runtime
 from diladiff_cli.errors import DiladiffError
@@ -35,7 +35,6 @@ from diladiff_cli.pareto import (
     Cell,
     aggregate,
     expand_cells,
-    mean_and_se,
     resolve_checkpoints,
     run_sweep,
 )

@@ -645,6 +645,20 @@ class AcrossTrainings:
         )
 
 
+def mean_and_se(values: Iterable[float | None]) -> tuple[float | None, float | None]:
+    """The mean of the measured values (None skipped) and its standard error: the
+    standard deviation over them (ddof 1) / sqrt(their number); no standard error from
+    fewer than two values or from a non-finite one. Over a sweep cell's sampling seeds
+    (``pareto.csv``) and over trainings (:func:`speedup_across_trainings`)."""
+    present = [float(v) for v in values if v is not None]
+    if not present:
+        return None, None
+    mean = math.fsum(present) / len(present)
+    if len(present) < 2 or not all(math.isfinite(v) for v in present):
+        return mean, None
+    return mean, statistics.stdev(present) / math.sqrt(len(present))
+
+
 def speedup_across_trainings(
     factors: Sequence[float], *, at_least: float = 1.0, k: float = K
 ) -> AcrossTrainings:
@@ -667,13 +681,11 @@ def speedup_across_trainings(
         An :class:`AcrossTrainings`.
     """
     runs = tuple(float(f) for f in factors)
-    if not runs:
+    mean, se = mean_and_se(math.log(f) for f in runs)
+    if mean is None:  # no run
         return AcrossTrainings("inconclusive", None, None, None, runs, at_least)
-    logs = [math.log(f) for f in runs]
-    mean = math.fsum(logs) / len(logs)
-    if len(logs) < 2:
+    if se is None:  # one run
         return AcrossTrainings("inconclusive", math.exp(mean), None, None, runs, at_least)
-    se = statistics.stdev(logs) / math.sqrt(len(logs))
     low, high = math.exp(mean - k * se), math.exp(mean + k * se)
     outcome: Outcome = (
         "supported" if low > at_least else "not supported" if high < at_least else "inconclusive"
