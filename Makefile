@@ -23,14 +23,11 @@ setup: $(VENV)/.installed
 
 # torch first: torch==2.13.0 resolves to the CPU wheel on CPU-only machines and to the
 # CUDA build elsewhere; installing it after the rest would pull the CUDA build everywhere.
-# --no-compile: Python compiles a module when it is first imported, so only what runs is
-# compiled, not all of torch's and transformers' files (set-up 46 s -> 31 s on 2 cores).
-PIP := $(BIN)/python -m pip install --quiet --no-compile
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(PIP) --upgrade pip
-	$(PIP) torch==2.13.0
-	$(PIP) -e '.[dev]'
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet torch==2.13.0
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $@
 
 lint: setup
