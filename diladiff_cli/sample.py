@@ -777,7 +777,7 @@ def _latent_plan(
 ) -> _Plan:
     """Latent first (prior or student; none: the null latent), then the decoder."""
     device = runtime.device
-    loaded = load_autoencoder(autoencoder, device=device)
+    loaded = load_autoencoder(autoencoder, device=device, with_encoder=False)
     draw: LatentDraw = _no_latent
     name = "mdlm"
     if latent_model is not None:
@@ -931,7 +931,7 @@ def _decode_plan(
     precision: Precision,
 ) -> _Plan:
     """Decode given normalised latents ``(B, N, D)``: no latent stage."""
-    loaded = load_autoencoder(checkpoint, device=runtime.device)
+    loaded = load_autoencoder(checkpoint, device=runtime.device, with_encoder=False)
     shape = loaded.model.latent_shape
     if latents.ndim != 3 or tuple(latents.shape[1:]) != shape or len(latents) == 0:
         raise DiladiffError(

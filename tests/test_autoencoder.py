@@ -387,6 +387,27 @@ def test_train_ae_checkpoint_rebuilds_without_encoder_weights(tiny_env, trained_
     assert not torch.equal(loaded.model.latent_std, torch.ones(4, 8))  # measured after training
 
 
+def test_decode_only_load_leaves_the_encoder_out_and_decodes_the_same(tiny_env, trained_ae):
+    full = load_autoencoder(trained_ae, device=CPU)
+    lean = load_autoencoder(trained_ae, device=CPU, with_encoder=False)
+    assert full.encoder is not None and lean.encoder is None and lean.encoder_tokenizer is None
+    assert not lean.is_bound  # trained on text: still not the perfect-latent bound
+    with pytest.raises(DiladiffError, match="loaded without its encoder"):
+        lean.require_encoder()
+    weights, lean_weights = full.model.state_dict(), lean.model.state_dict()
+    assert weights.keys() == lean_weights.keys()
+    assert all(torch.equal(weights[k], lean_weights[k]) for k in weights)
+    settings = SampleSettings(num_samples=3, batch_size=2, ndisc=4, selection="random")
+    drawn = generate(  # the null-latent (MDLM) path loads the decoder only
+        model="mdlm", checkpoint=trained_ae, settings=settings, runtime=init_runtime("cpu")
+    )
+    z = torch.randn(3, 4, 8, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected = full.model.decode_logits(drawn.tokens, torch.full((3,), 0.5), z)
+        got = lean.model.decode_logits(drawn.tokens, torch.full((3,), 0.5), z)
+    assert torch.equal(expected, got)
+
+
 def test_latent_stats_are_written_under_the_output_lock(tiny_env, trained_ae, monkeypatch):
     """The stats rewrite comes after the loop released the output's lock: it holds it
     again, so a second writer refuses it in one line and the checkpoint stays as it was;
