@@ -520,8 +520,9 @@ class LoadedAutoencoder:
     Attributes:
         model: the :class:`Autoencoder` in eval mode.
         encoder: the frozen encoder (reloaded from its name); None for the bound
-            (``oracle-topic``), which encodes no text.
-        encoder_tokenizer: the encoder's tokenizer (None for the bound).
+            (``oracle-topic``), which encodes no text, and when loaded for decoding only
+            (``load_autoencoder(..., with_encoder=False)``).
+        encoder_tokenizer: the encoder's tokenizer (None when ``encoder`` is).
         decoder_tokenizer: the data's tokenizer.
         config: the stage config it was trained with.
         data: the data it was trained on (vocab, special tokens, tokenizer, seq_len).
@@ -618,7 +619,7 @@ class LoadedAutoencoder:
 def load_autoencoder(
     path: str | Path, *, device: torch.device, with_encoder: bool = True
 ) -> LoadedAutoencoder:
-    """Load an ``ae`` checkpoint with its frozen encoder.
+    """Load an ``ae`` checkpoint with its frozen encoder (unless ``with_encoder`` is False).
 
     Args:
         path: the checkpoint.
@@ -653,7 +654,7 @@ def load_autoencoder(
             "(remove it; `make reproduce` or `train-ae ... --set ae.encoder.name=oracle-topic`)"
         )
     load_into(model, tensors, source=str(path))
-    encoder, enc_tokenizer = None, None  # the bound: its states are topics, not text
+    encoder, enc_tokenizer = None, None  # the bound's states are topics, not text
     if cfg.encoder.name != ORACLE_TOPIC and with_encoder:
         encoder, enc_tokenizer = load_encoder(cfg.encoder, device=device)
     if encoder is not None and encoder.hidden_size != int(extra["encoder_hidden"]):
