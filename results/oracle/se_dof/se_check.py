@@ -25,6 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
+from diladiff_cli.analysis.verdicts import mean_and_se
+
 
 def cell_ses(run: Path) -> list[tuple[str, float, float]]:
     """(cell, seed SE, sample SE) for every cell of run's five sweeps with 3 seeds, each
@@ -45,7 +47,7 @@ def cell_ses(run: Path) -> list[tuple[str, float, float]]:
             seen.add((key, tuple(sorted(vals))))
             means = np.array([m for m, _ in vals])
             within = np.array([s for _, s in vals])
-            seed_se = means.std(ddof=1) / math.sqrt(3)
+            _, seed_se = mean_and_se(means.tolist())  # pareto.csv's oracle_nll_se
             sample_se = math.sqrt((within**2).sum()) / 3
             out.append((key, seed_se, sample_se))
     return out
