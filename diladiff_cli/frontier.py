@@ -3,8 +3,9 @@ equal quality (the headline), ``pareto.csv`` and ``pareto.md``.
 
 A row is one cell's results, a dict with the keys :data:`CSV_COLUMNS`: each of
 :data:`MEASURES` as its mean over the cell's sampling seeds, with that mean's standard
-error in ``<measure>_se`` (:func:`diladiff_cli.pareto.aggregate` of the seeds' rows, or
-read back from a ``pareto.csv``); the frontiers and the headline use the means.
+error in ``<measure>_se`` (over the seeds' texts for :data:`TEXT_SE_MEASURES`, over the
+seeds for the others; :func:`diladiff_cli.pareto.aggregate` of the seeds' rows, or read
+back from a ``pareto.csv``); the frontiers and the headline use the means.
 
 The headline: at equal quality (MAUVE, or GenPPL), how much cheaper each model
 is than the baseline (MDLM): along each model's Pareto frontier (its
@@ -47,6 +48,12 @@ MEASURES = (
     "oracle_topic_kl",
     "oracle_oov",
 )
+# Means over the texts of a seed that each seed's record gives with their standard error
+# over its texts (column ``m_se`` of ``pareto_seeds.csv``): a cell's ``m_se`` combines them,
+# sqrt(sum se_i^2) / n over its n seeds, about 140 degrees of freedom at 3 x 48 samples
+# where the spread of 3 seed means has 2 (results/oracle/se_dof). The samples of a seed
+# are independent draws, so the two estimate the same noise.
+TEXT_SE_MEASURES = ("oracle_nll",)
 CELL_COLUMNS = ("model", "ncont", "ndisc", "selection", "temperature", "distill", "num_samples")
 # The same for every seed of a cell: the real-text floor and the judge
 REFERENCE_COLUMNS = (
@@ -64,8 +71,16 @@ CSV_COLUMNS = (
     *TAIL_COLUMNS,
 )
 """``pareto.csv``: one row per cell, the measures as mean and standard error over seeds."""
-SEED_CSV_COLUMNS = (*CELL_COLUMNS, "seed", *MEASURES, *REFERENCE_COLUMNS, *TAIL_COLUMNS)
-"""``pareto_seeds.csv``: one row per (cell, seed), each measure as measured."""
+SEED_CSV_COLUMNS = (
+    *CELL_COLUMNS,
+    "seed",
+    *MEASURES,
+    *(f"{m}_se" for m in TEXT_SE_MEASURES),
+    *REFERENCE_COLUMNS,
+    *TAIL_COLUMNS,
+)
+"""``pareto_seeds.csv``: one row per (cell, seed), each measure as measured (a mean over
+the seed's texts for :data:`TEXT_SE_MEASURES`, with its standard error over them)."""
 
 
 # ----------------------------------------------------------------------------- headline
@@ -215,8 +230,8 @@ def fmt(value: Any, digits: int = 3) -> str:
 
 
 def fmt_se(row: dict[str, Any], measure: str, digits: int = 3) -> str:
-    """A row's mean of ``measure`` with its standard error over seeds (``0.91 ± 0.012``),
-    the mean alone when there is none (one seed)."""
+    """A row's mean of ``measure`` with its standard error (``0.91 ± 0.012``), the mean
+    alone when there is none (one seed)."""
     mean, se = row.get(measure), row.get(f"{measure}_se")
     if se is None or not math.isfinite(float(se)) or fmt(mean) == "-":
         return fmt(mean, digits)
@@ -259,8 +274,8 @@ def write_markdown(
         f"seeds {', '.join(str(s) for s in settings['seeds'])}, top-p {settings['top_p']:g}; "
         f"device {fmt(rows[0]['device']) if rows else '-'}",
         "- Each measure: the mean over the sampling seeds ± its standard error (std over "
-        "seeds, ddof 1, / sqrt(seeds); none with one seed); per-seed values in "
-        "`pareto_seeds.csv`",
+        "seeds, ddof 1, / sqrt(seeds); none with one seed; the oracle NLL's: over the "
+        "texts, sqrt(sum of the seeds' SE^2) / seeds); per-seed values in `pareto_seeds.csv`",
         "",
         "| model | Ncont | Ndisc | selection | T | tokens/fwd | s/sample | latent share "
         "| GenPPL | MAUVE | entropy |",

@@ -41,7 +41,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from diladiff_cli.analysis.verdicts import mean_and_se
+from diladiff_cli.analysis.verdicts import Estimate, mean_and_se, mean_of, valid
 from diladiff_cli.config.evaluation import EvalConfig, ParetoConfig
 from diladiff_cli.config.train import Precision
 from diladiff_cli.data import load_data_info
@@ -55,6 +55,7 @@ from diladiff_cli.frontier import (
     MEASURES,
     REFERENCE_COLUMNS,
     SEED_CSV_COLUMNS,
+    TEXT_SE_MEASURES,
     SpeedUp,
     fmt,
     headline,
@@ -360,7 +361,8 @@ def make_row(cell: Cell, record: dict[str, Any], *, seed: int) -> dict[str, Any]
         "genppl_floor": record["reference_genppl"],
         "judge_valid_ppl": record["scorer_valid_ppl"],
         "reference_entropy": record["reference_entropy"],
-        "oracle_nll": exact.get("nll_per_token"),  # its SE over texts: in the record
+        "oracle_nll": exact.get("nll_per_token"),
+        "oracle_nll_se": exact.get("nll_per_token_se"),  # over this seed's texts
         "oracle_nll_floor": floor.get("nll_per_token"),
         "oracle_bad_transitions": exact.get("bad_transitions"),
         "oracle_purity": exact.get("purity"),
@@ -377,13 +379,24 @@ def aggregate(seed_rows: list[dict[str, Any]]) -> dict[str, Any]:
     of :data:`~diladiff_cli.frontier.MEASURES` as its mean over the seeds in ``m`` and
     that mean's standard error in ``m_se`` (None with one seed), the number of seeds in
     ``seeds``; the cell's settings and the reference columns (the same for every seed)
-    from the first seed, the devices that ran them joined."""
+    from the first seed, the devices that ran them joined.
+
+    The standard error of a measure of :data:`~diladiff_cli.frontier.TEXT_SE_MEASURES`
+    (a mean over each seed's texts) combines the seeds' standard errors over their texts,
+    sqrt(sum se_i^2) / n, when every seed has one; the others', and these without them,
+    is the spread of the seed means (std ddof 1 / sqrt(n))."""
     first = seed_rows[0]
     row: dict[str, Any] = {k: first[k] for k in (*CELL_COLUMNS, *REFERENCE_COLUMNS, "cell")}
     row["seeds"] = len(seed_rows)
     row["device"] = "; ".join(dict.fromkeys(str(r["device"]) for r in seed_rows))
     for m in MEASURES:
         row[m], row[f"{m}_se"] = mean_and_se([r[m] for r in seed_rows])
+    for m in TEXT_SE_MEASURES:
+        ses = [r.get(f"{m}_se") for r in seed_rows]
+        if row[f"{m}_se"] is not None and all(valid(se) for se in ses):
+            row[f"{m}_se"] = mean_of(
+                [Estimate(float(r[m]), float(r[f"{m}_se"])) for r in seed_rows]
+            ).se
     return {k: row[k] for k in CSV_COLUMNS}
 
 

@@ -7,7 +7,7 @@ of :data:`PLOTS` that the rows allow.
 * ``distill``: MeanFlow vs TVM vs the teacher across Ncont.
 
 The rows are those of :mod:`diladiff_cli.frontier` (the ``pareto.csv`` columns): a
-measure with a standard error over sampling seeds (``<measure>_se``) is drawn with an
+measure with a standard error (``<measure>_se``) is drawn with an
 error bar of :data:`ERROR_BARS` standard errors each way. The autoregressive baseline
 (``ar`` rows: no Ndisc, no selection rule) is one point per temperature, "AR (KV cache)".
 matplotlib is imported when a figure is drawn, with the Agg backend.
@@ -32,7 +32,7 @@ COLORS = {
 }
 AR_LABEL = "AR (KV cache)"
 BOUND_LABEL = "bound (true topic)"
-ERROR_BARS = 2  # bars span ± this many standard errors over seeds (the verdicts' K)
+ERROR_BARS = 2  # bars span ± this many standard errors (the verdicts' K)
 PLOTS = {
     "pareto": "pareto.png",
     "selection": "confidence_vs_random.png",
@@ -79,7 +79,7 @@ def _bars_note(rows: list[dict[str, Any]]) -> str:
     if not seeds:
         return ""
     n = f"{min(seeds)}" if len(seeds) == 1 else f"{min(seeds)}-{max(seeds)}"
-    return f"; error bars: ±{ERROR_BARS} SE over {n} sampling seeds"
+    return f"; error bars: ±{ERROR_BARS} SE, {n} sampling seeds"
 
 
 def _errorbar(ax: Any, rows: list[dict[str, Any]], xkey: str, ykey: str, **style: Any) -> None:

@@ -346,13 +346,14 @@ def _links(ctx: Context, directory: Path) -> list[str]:
 
 
 def _oracle_table(rows: list[dict[str, Any]]) -> list[str]:
-    """The exact measures of a sweep's cells, mean ± s.e. over seeds, and a blank line
+    """The exact measures of a sweep's cells, mean ± s.e., and a blank line
     (not an oracle corpus: nothing)."""
     if not is_oracle(rows):
         return []
     floor = next((r["oracle_nll_floor"] for r in rows if valid(r.get("oracle_nll_floor"))), None)
     lines = [
-        "Exact measures (oracle corpus; mean ± s.e. over sampling seeds; the NLL of held-out "
+        "Exact measures (oracle corpus; mean ± s.e., the NLL's over the texts, the others' over "
+        "the sampling seeds; the NLL of held-out "
         f"documents, the floor: {fmt(floor, 4)} nats/token):",
         "",
     ]
@@ -874,7 +875,7 @@ def headline_section(ctx: Context) -> list[str]:
         "Speed-ups are geometric means of the cost ratio along the two frontiers over "
         "the quality range they share (`diladiff_cli.frontier.headline`; at equal oracle NLL "
         "`diladiff_cli.analysis.verdicts.speedup_interval`, whose interval shifts every "
-        f"cell's quality by ±{K:g} standard errors over seeds).",
+        f"cell's quality by ±{K:g} standard errors).",
     ]
     return lines
 
@@ -1131,14 +1132,15 @@ def build_report(ctx: Context) -> str:
         f"Written by `scripts/report.py` from `{ctx.results.name}/`. Each experiment states "
         "the paper's claim, the numbers of this run, and a verdict computed from them by the "
         "rule it states (`diladiff_cli.analysis.verdicts`). Every sweep cell is a mean over "
-        f"sampling seeds with its standard error (SE); a difference is real only beyond "
+        "sampling seeds with its standard error (SE; the oracle NLL's over the samples' texts, "
+        f"the other measures' over the seeds); a difference is real only beyond "
         f"k·sqrt(SE_a² + SE_b²) with k = {K:g}: a difference within that noise is not a "
         "difference, and a verdict on cells without a standard error (one seed) is "
         f"inconclusive. On an oracle corpus (`oracle_nll` in pareto.csv) the quality is the "
         "exact NLL per token of the samples; otherwise MAUVE, whose not-worse margin is "
         "ε = 1 - MAUVE of real text against other real text (floor.json).",
         "",
-        "**What the standard errors do not cover.** They are over the sampling seeds of one "
+        "**What the standard errors do not cover.** They are over the samples of one "
         "trained pipeline, not over trainings: the verdicts are about the models this run "
         "trained. At the CPU scales the models are far from converged and two trainings of "
         "the same recipe can differ more than any sampling noise; `make reproduce SEED=1` "

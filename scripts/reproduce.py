@@ -28,20 +28,34 @@ Examples::
 
 The stages are planned from the recipes through :func:`diladiff_cli.config.load_recipe` and
 the experiment list of :mod:`diladiff_cli.analysis.experiments`, both torch-free: no torch
-import, so it starts at once.
+import, so ``--dry-run`` starts at once.
+
+Each stage starts a fresh interpreter. With ``--fork`` (a trial, not yet timed on the
+whole pipeline) a stage that runs this interpreter (``python -m diladiff_cli ...``,
+``python scripts/...``) runs instead in a child forked from this process once it has
+imported torch and transformers (:func:`preload`), so that the import (about 5 s on 2
+cores) is paid once instead of once a stage; the child runs the command as the fresh
+interpreter would (``runpy``, the same argv, environment and working directory) and its
+exit status is the stage's. torchrun stages, and any platform without ``fork``, always
+start a fresh interpreter.
 """
 
 from __future__ import annotations
 
 import argparse
+import atexit
 import datetime
 import json
+import logging
 import os
 import platform
+import runpy
 import shlex
 import subprocess
 import sys
+import threading
 import time
+import traceback
 from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -409,12 +423,25 @@ def timing_entry(
     return {**entry, "checked": check, "note": "done before any timed run"}
 
 
+def cpu_model() -> str | None:
+    """The CPU's model name and whether it has AVX-512 (/proc/cpuinfo; None without it):
+    machines of one kind differ by 1.6x in these stages' times."""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return None
+    name = next((ln.split(":", 1)[1].strip() for ln in info.splitlines()
+                 if ln.startswith("model name")), platform.processor() or "unknown")  # fmt: skip
+    return f"{name} ({'AVX-512' if 'avx512f' in info else 'no AVX-512'})"
+
+
 def conditions(*, scale: str, nproc: int) -> dict[str, Any]:
     return {
         "started": now(),
         "scale": scale,
         "nproc": nproc,
         "cpu_count": os.cpu_count(),
+        "cpu": cpu_model(),
         "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
         "platform": platform.platform(),
         "python": platform.python_version(),
@@ -433,15 +460,117 @@ class Outcome:
     partial: str | None = None
 
 
-def run_stage(stage: Stage, *, force: bool, env: dict[str, str]) -> Outcome:
-    """Run one stage from the repository root, its stdout echoed as it comes."""
+# What every stage of this interpreter imports first: imported once by preload() and
+# inherited by the forked stages.
+PRELOAD = ("torch", "transformers", "datasets", "diladiff_cli.cli", "diladiff_cli.pipeline")
+
+
+def preload() -> bool:
+    """Import :data:`PRELOAD` here, so that forked stages start with it; whether stages
+    may be forked (this platform has ``fork`` and this process still runs one thread:
+    forking a process with other threads can leave their locks held in the child)."""
+    if not hasattr(os, "fork"):
+        return False
+    for name in PRELOAD:
+        __import__(name)
+    return threading.active_count() == 1 and _os_threads() in (1, None)
+
+
+def _os_threads() -> int | None:
+    """The threads of this process as the OS counts them (native ones included); None
+    where /proc is not there."""
+    try:
+        return len(os.listdir("/proc/self/task"))
+    except OSError:
+        return None
+
+
+def _forkable(argv: Sequence[str]) -> bool:
+    """Whether a command is this interpreter running a module (``-m``) or a script."""
+    return (
+        len(argv) >= 2
+        and argv[0] == sys.executable
+        and (argv[1] == "-m" and len(argv) >= 3 or argv[1].endswith(".py"))
+    )
+
+
+def _exec_in_child(argv: Sequence[str], *, env: dict[str, str], out_fd: int) -> None:
+    """In a forked child: run ``argv`` (this interpreter's ``-m module ...`` or
+    ``script.py ...``) as a fresh interpreter would, its stdout on ``out_fd``, then exit
+    with its status; never returns."""
+    code: int = 1
+    try:
+        os.dup2(out_fd, 1)
+        os.close(out_fd)
+        os.chdir(ROOT)
+        os.environ.clear()
+        os.environ.update(env)
+        sys.stdout = sys.__stdout__ = open(1, "w", buffering=1, encoding="utf-8", closefd=False)
+        if argv[1] == "-m":
+            sys.argv = [str(argv[2]), *argv[3:]]
+            sys.path[0] = str(ROOT)  # -m puts the working directory first
+            runpy.run_module(argv[2], run_name="__main__", alter_sys=True)
+        else:
+            script = ROOT / argv[1]
+            sys.argv = [str(argv[1]), *argv[2:]]
+            sys.path[0] = str(script.parent)  # a script's directory comes first
+            runpy.run_path(str(script), run_name="__main__")
+        code = 0
+    except SystemExit as exc:
+        if exc.code is None or isinstance(exc.code, int):
+            code = exc.code or 0
+        else:
+            print(exc.code, file=sys.stderr)
+    except KeyboardInterrupt:
+        code = 130
+    except BaseException:
+        traceback.print_exc()
+    finally:
+        try:  # what the interpreter does on exit
+            atexit._run_exitfuncs()
+            logging.shutdown()
+            sys.stdout.flush()
+            sys.stderr.flush()
+        finally:
+            os._exit(code)
+
+
+class _Forked:
+    """A stage running in a forked child: its stdout as lines, and its exit status."""
+
+    def __init__(self, argv: Sequence[str], *, env: dict[str, str]) -> None:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        read_fd, write_fd = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the child
+            os.close(read_fd)
+            _exec_in_child(argv, env=env, out_fd=write_fd)
+        os.close(write_fd)
+        self.pid = pid
+        self.stdout = open(read_fd, encoding="utf-8", errors="replace")
+
+    def wait(self) -> int:
+        status = os.waitpid(self.pid, 0)[1]
+        self.stdout.close()
+        return os.waitstatus_to_exitcode(status)
+
+
+def run_stage(stage: Stage, *, force: bool, env: dict[str, str], fork: bool = False) -> Outcome:
+    """Run one stage from the repository root, its stdout echoed as it comes (``fork``:
+    in a forked child when the stage runs this interpreter, see the module docstring)."""
     if stage.kind == "script" and not force:
         if is_up_to_date(ROOT / stage.output, [ROOT / p for p in stage.inputs]):
             return Outcome(0, 0.0, True)
     t0 = time.perf_counter()
     tail: deque[str] = deque(maxlen=5000)
     try:
-        proc = subprocess.Popen(stage.argv, cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True)
+        if fork and _forkable(stage.argv):
+            proc: subprocess.Popen[str] | _Forked = _Forked(stage.argv, env=env)
+        else:
+            proc = subprocess.Popen(
+                stage.argv, cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True
+            )
     except OSError as err:
         print(f"error: {stage.name}: cannot start {stage.argv[0]}: {err.strerror}", file=sys.stderr)
         return Outcome(127, time.perf_counter() - t0, False)
@@ -470,8 +599,9 @@ def run_plan(
     force: bool = False,
     console: Console | None = None,
     env: dict[str, str] | None = None,
+    fork: bool = False,
 ) -> int:
-    """Run the stages in order; stop at the first failure.
+    """Run the stages in order (``fork``: see :func:`run_stage`); stop at the first failure.
 
     Returns:
         0, or the exit code of the stage that failed.
@@ -486,7 +616,7 @@ def run_plan(
     for i, stage in enumerate(stages, 1):
         command = display(stage.argv)
         console.print(Text.assemble((f"[{i}/{len(stages)}] {stage.name}", "bold"), f": {command}"))
-        outcome = run_stage(stage, force=force, env=env)
+        outcome = run_stage(stage, force=force, env=env, fork=fork)
         total += outcome.seconds
         timings["stages"][stage.name] = timing_entry(
             timings["stages"].get(stage.name),
@@ -574,6 +704,12 @@ def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="results directory (default results/<scale>, or results/<scale>/pipeline_seed<N>)",
     )
     p.add_argument(
+        "--fork",
+        action="store_true",
+        help="fork the stages of this interpreter from it once it has imported torch and "
+        "transformers, instead of starting each in a fresh interpreter (a trial)",
+    )
+    p.add_argument(
         "--force",
         action="store_true",
         help="rerun the script stages (latent-analysis, prior-quality) even when "
@@ -618,13 +754,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         env.setdefault("HF_HUB_OFFLINE", "1")
         env.setdefault("HF_DATASETS_OFFLINE", "1")
     results_dir = Path(results) if Path(results).is_absolute() else ROOT / results
+    run_conditions = conditions(scale=args.scale, nproc=args.nproc)
     try:
+        fork = False
+        if args.fork:
+            os.environ.update(env)  # what the imports read (the hub's offline switch)
+            t0 = time.perf_counter()
+            fork = preload()
+            run_conditions["preload_seconds"] = round(time.perf_counter() - t0, 3)
+        run_conditions["forked_stages"] = fork
         return run_plan(
             stages,
             timings_path=results_dir / "timings.json",
-            run_conditions=conditions(scale=args.scale, nproc=args.nproc),
+            run_conditions=run_conditions,
             force=args.force,
             env=env,
+            fork=fork,
         )
     except KeyboardInterrupt:  # between two stages
         print("error: interrupted; run the same command again to continue", file=sys.stderr)

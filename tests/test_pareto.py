@@ -177,7 +177,7 @@ def test_plots_draw_error_bars_and_the_ar_baseline(tmp_path, monkeypatch):
     made, skipped = write_plots(rows, floor=None, temperature=1.0, out=tmp_path)
     assert set(made) == {"pareto", "selection", "temperature", "distill"} and not skipped
     pareto_fig = figures["pareto.png"]
-    assert "error bars: ±2 SE over 3 sampling seeds" in pareto_fig._suptitle.get_text()
+    assert "error bars: ±2 SE, 3 sampling seeds" in pareto_fig._suptitle.get_text()
     ax = pareto_fig.axes[0]
     labels = ax.get_legend_handles_labels()[1]
     assert "AR (KV cache)" in labels and not any(label.startswith("ar ") for label in labels)
@@ -293,6 +293,26 @@ def test_mean_and_standard_error_over_seeds():
     assert row["genppl_floor"] == 20.0 and row["device"] == "cpu; cuda"
     assert fmt_se(row, "genppl") == "12 ± 1.2" and fmt_se(row, "mauve") == "-"
     assert fmt_se(aggregate(seed_rows[:1]), "genppl") == "10"
+
+
+def test_the_oracle_nll_standard_error_combines_the_seeds_standard_errors_over_texts():
+    """A seed's oracle NLL is a mean over its texts with their standard error: the cell's
+    is sqrt(sum se_i^2) / n, not the spread of 3 seed means (2 degrees of freedom); a seed
+    without one falls back on that spread, and one seed has none."""
+    no_oracle = {k: None for k in SEED_CSV_COLUMNS if k.startswith("oracle")}
+    seed_rows = [
+        {**_row("mdlm", 8, 0.1, None, 10.0), **no_oracle, "seed": s, "oracle_nll": nll,
+         "oracle_nll_se": se}
+        for s, (nll, se) in enumerate([(2.0, 0.03), (2.1, 0.04), (2.3, 0.12)])
+    ]  # fmt: skip
+    row = aggregate(seed_rows)
+    assert row["oracle_nll"] == pytest.approx(6.4 / 3)
+    assert row["oracle_nll_se"] == pytest.approx(math.sqrt(0.03**2 + 0.04**2 + 0.12**2) / 3)
+    spread = mean_and_se([2.0, 2.1, 2.3])[1]
+    assert abs(row["oracle_nll_se"] - spread) > 0.01  # not the seeds' spread
+    seed_rows[1]["oracle_nll_se"] = None
+    assert aggregate(seed_rows)["oracle_nll_se"] == pytest.approx(spread)
+    assert aggregate(seed_rows[:1])["oracle_nll_se"] is None
 
 
 def test_several_seeds_give_means_standard_errors_and_resume(setup, tmp_path, monkeypatch):

@@ -246,6 +246,36 @@ def test_a_failing_stage_stops_the_run_with_its_code(tmp_path, capsys):
     assert entries["broken"]["returncode"] == 3 and "after" not in entries
 
 
+def test_forked_stages_run_as_a_fresh_interpreter_would(tmp_path, capsys):
+    """A stage of this interpreter runs in a forked child: the script's argv, __name__,
+    working directory, sys.path[0] and environment as `python script.py` would have them,
+    its stdout echoed and read for its JSON, its exit status the stage's; `-m` too."""
+    script = tmp_path / "stage.py"
+    script.write_text(
+        "import json, os, sys\n"
+        "print(json.dumps({'argv': sys.argv[1:], 'name': __name__, 'cwd': os.getcwd(),\n"
+        "                  'path0': sys.path[0], 'env': os.environ.get('STAGE_VAR'),\n"
+        "                  'pid': os.getpid(), 'skipped': True}))\n"
+        "sys.exit(int(sys.argv[2]) if len(sys.argv) > 2 else None)\n"
+    )
+    timings = tmp_path / "timings.json"
+    forked = reproduce.Stage("forked", (sys.executable, str(script), "a"))
+    run = dict(timings_path=timings, run_conditions={}, env={**os.environ, "STAGE_VAR": "x"})
+    assert reproduce._forkable(forked.argv) and not reproduce._forkable(_stage("c", "").argv)
+    assert reproduce.run_plan([forked], fork=True, **run) == 0
+    seen = json.loads(next(ln for ln in capsys.readouterr().out.splitlines() if ln[:1] == "{"))
+    assert seen == {"argv": ["a"], "name": "__main__", "cwd": str(ROOT), "path0": str(tmp_path),
+                    "env": "x", "pid": seen["pid"], "skipped": True}  # fmt: skip
+    assert seen["pid"] != os.getpid() and os.environ.get("STAGE_VAR") is None
+    assert json.loads(timings.read_text())["stages"]["forked"]["returncode"] == 0
+
+    failing = reproduce.Stage("failing", (sys.executable, str(script), "a", "4"))
+    assert reproduce.run_plan([failing], fork=True, **run) == 4
+    module = reproduce.Stage("module", (sys.executable, "-m", "diladiff_cli", "--help"))
+    assert reproduce.run_plan([module], fork=True, **run) == 0
+    assert "train-mdlm" in capsys.readouterr().out
+
+
 def test_timing_entry_without_an_earlier_run():
     entry = reproduce.timing_entry(
         None, command="c", returncode=0, seconds=0.0, skipped=True, when="now"

@@ -2,9 +2,10 @@
 means over sampling seeds and their standard errors.
 
 A sweep row (one cell of a ``pareto.csv``) carries, for each numeric measure ``m``, the
-mean over sampling seeds in column ``m``, its standard error over seeds (ddof = 1,
-std / sqrt(n)) in ``m_se`` and the number of seeds in ``seeds``; :meth:`Estimate.of` reads
-one measure of a row. Each rule states the direction it tests and returns a three-way
+mean over sampling seeds in column ``m``, its standard error in ``m_se`` (over the
+seeds, std ddof 1 / sqrt(n); the exact NLL's over the seeds' texts, see
+:func:`diladiff_cli.pareto.aggregate`) and the number of seeds in ``seeds``;
+:meth:`Estimate.of` reads one measure of a row. Each rule states the direction it tests and returns a three-way
 outcome with the numbers behind it:
 
 * ``supported``: the numbers show the claim beyond the noise;
@@ -106,11 +107,11 @@ def is_oracle(rows: list[dict[str, Any]]) -> bool:
 
 @dataclass(frozen=True)
 class Estimate:
-    """A measured mean and its standard error over sampling seeds.
+    """A measured mean and its standard error.
 
     Attributes:
         mean: the mean over seeds.
-        se: its standard error over seeds; None when there is none (one seed).
+        se: its standard error; None when there is none (one seed).
     """
 
     mean: float
