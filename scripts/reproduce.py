@@ -425,7 +425,7 @@ def timing_entry(
 
 def cpu_model() -> str | None:
     """The CPU's model name and whether it has AVX-512 (/proc/cpuinfo; None without it):
-    machines of one kind differ by 1.6x in these stages' times."""
+    machines of one kind differ by up to 1.8x in these stages' times."""
     try:
         info = Path("/proc/cpuinfo").read_text()
     except OSError:
