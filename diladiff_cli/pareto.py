@@ -395,7 +395,7 @@ def aggregate(seed_rows: list[dict[str, Any]]) -> dict[str, Any]:
         ses = [r.get(f"{m}_se") for r in seed_rows]
         if row[f"{m}_se"] is not None and all(valid(se) for se in ses):
             row[f"{m}_se"] = mean_of(
-                [Estimate(float(r[m]), float(r[f"{m}_se"])) for r in seed_rows]
+                [Estimate(float(r[m]), float(se)) for r, se in zip(seed_rows, ses, strict=True)]
             ).se
     return {k: row[k] for k in CSV_COLUMNS}
 

@@ -5,8 +5,8 @@ A sweep row (one cell of a ``pareto.csv``) carries, for each numeric measure ``m
 mean over sampling seeds in column ``m``, its standard error in ``m_se`` (over the
 seeds, std ddof 1 / sqrt(n); the exact NLL's over the seeds' texts, see
 :func:`diladiff_cli.pareto.aggregate`) and the number of seeds in ``seeds``;
-:meth:`Estimate.of` reads one measure of a row. Each rule states the direction it tests and returns a three-way
-outcome with the numbers behind it:
+:meth:`Estimate.of` reads one measure of a row. Each rule states the direction it tests
+and returns a three-way outcome with the numbers behind it:
 
 * ``supported``: the numbers show the claim beyond the noise;
 * ``not supported``: they show the opposite (or a breach of the stated margin) beyond it;
