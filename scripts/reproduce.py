@@ -30,14 +30,13 @@ The stages are planned from the recipes through :func:`diladiff_cli.config.load_
 the experiment list of :mod:`diladiff_cli.analysis.experiments`, both torch-free: no torch
 import, so ``--dry-run`` starts at once.
 
-Each stage starts a fresh interpreter. With ``--fork`` (a trial, not yet timed on the
-whole pipeline) a stage that runs this interpreter (``python -m diladiff_cli ...``,
-``python scripts/...``) runs instead in a child forked from this process once it has
-imported torch and transformers (:func:`preload`), so that the import (about 5 s on 2
-cores) is paid once instead of once a stage; the child runs the command as the fresh
-interpreter would (``runpy``, the same argv, environment and working directory) and its
-exit status is the stage's. torchrun stages, and any platform without ``fork``, always
-start a fresh interpreter.
+A stage that runs this interpreter (``python -m diladiff_cli ...``, ``python scripts/...``)
+runs in a child forked from this process once it has imported torch, transformers and the
+toolkit (:func:`preload`), so that those imports (5 to 10 s on 2 cores) are paid once
+instead of once a stage; the child runs the command as a fresh interpreter would
+(``runpy``, the same argv, environment and working directory) and its exit status is the
+stage's. ``--no-fork`` starts a fresh interpreter for every stage, as torchrun stages and
+any platform without ``fork`` always do.
 """
 
 from __future__ import annotations
@@ -460,29 +459,34 @@ class Outcome:
     partial: str | None = None
 
 
-# What every stage of this interpreter imports first: imported once by preload() and
-# inherited by the forked stages.
-PRELOAD = ("torch", "transformers", "datasets", "diladiff_cli.cli", "diladiff_cli.pipeline")
+# What the stages of this interpreter import first: imported once by preload() and
+# inherited by the forked stages. torch._inductor.config is what
+# torch.use_deterministic_algorithms imports (about 1.5 s); datasets is left out, its
+# pyarrow starts a thread of its own.
+PRELOAD = (
+    "torch",
+    "torch._inductor.config",
+    "transformers",
+    "transformers.models.gpt2.modeling_gpt2",
+    "transformers.models.bert.modeling_bert",
+    "safetensors.torch",
+    "diladiff_cli.cli",
+    "diladiff_cli.pipeline",
+)
 
 
 def preload() -> bool:
     """Import :data:`PRELOAD` here, so that forked stages start with it; whether stages
-    may be forked (this platform has ``fork`` and this process still runs one thread:
-    forking a process with other threads can leave their locks held in the child)."""
+    may be forked: this platform has ``fork``, and this process runs no Python thread
+    but its main one (a forked child would inherit the locks such a thread holds). The
+    native threads the imports start, the thread servers of numpy's and scipy's OpenBLAS,
+    shut themselves down at a fork and restart in the child (``pthread_atfork``), which
+    is what lets torch's DataLoader fork its workers after the same imports."""
     if not hasattr(os, "fork"):
         return False
     for name in PRELOAD:
         __import__(name)
-    return threading.active_count() == 1 and _os_threads() in (1, None)
-
-
-def _os_threads() -> int | None:
-    """The threads of this process as the OS counts them (native ones included); None
-    where /proc is not there."""
-    try:
-        return len(os.listdir("/proc/self/task"))
-    except OSError:
-        return None
+    return threading.active_count() == 1
 
 
 def _forkable(argv: Sequence[str]) -> bool:
@@ -704,10 +708,11 @@ def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="results directory (default results/<scale>, or results/<scale>/pipeline_seed<N>)",
     )
     p.add_argument(
-        "--fork",
-        action="store_true",
-        help="fork the stages of this interpreter from it once it has imported torch and "
-        "transformers, instead of starting each in a fresh interpreter (a trial)",
+        "--no-fork",
+        dest="fork",
+        action="store_false",
+        help="start every stage in a fresh interpreter instead of forking it from this one "
+        "once it has imported torch and transformers",
     )
     p.add_argument(
         "--force",
@@ -757,7 +762,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     run_conditions = conditions(scale=args.scale, nproc=args.nproc)
     try:
         fork = False
-        if args.fork:
+        if args.fork and any(_forkable(stage.argv) for stage in stages):
             os.environ.update(env)  # what the imports read (the hub's offline switch)
             t0 = time.perf_counter()
             fork = preload()

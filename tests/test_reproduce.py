@@ -829,3 +829,15 @@ def test_report_pools_the_headline_speed_up_over_the_pipeline_seeds(tmp_path):
     ) in section
     assert "- LaDiff: 0.50x over 2 trainings (0.50x, 0.50x), interval 0.50x-0.50x: " in section
     assert "*not supported*." in section.split("- LaDiff:")[1]
+
+
+def test_preload_leaves_the_stages_forkable():
+    """In a fresh interpreter, the preload imports start no Python thread, so that
+    `make reproduce` forks its stages instead of quietly falling back to fresh ones."""
+    code = "import reproduce; print(reproduce.preload())"
+    env = {**os.environ, "OMP_NUM_THREADS": "2", "HF_HUB_OFFLINE": "1"}
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT / "scripts", env=env,
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    assert out.strip().splitlines()[-1] == "True"
