@@ -3,8 +3,9 @@
 #                    (default: the oracle corpus, exactly scored, CPU, offline;
 #                    CORPUS=shakespeare: the same sizes on Shakespeare; SCALE=paper NPROC=8: CUDA;
 #                    SEED=1: a second seed of the whole pipeline, in a fresh clone)
-#   make test        set up, then lint and run the test suite
-#   make bench       set up, then run the benchmarks (results appended to docs/benchmarks.md)
+#   make test        set up (with the test tools), then lint and run the test suite
+#   make bench       set up (with the dev extra: GPT-2's tokenizer), then run the benchmarks
+#                    (results appended to docs/benchmarks.md)
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
@@ -19,6 +20,7 @@ OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
 
 .PHONY: setup test lint reproduce bench clean
 
+# setup: what `make reproduce` needs; the test tools (the dev extra) come with `make test`
 setup: $(VENV)/.installed
 
 # torch first: torch==2.13.0 resolves to the CPU wheel on CPU-only machines and to the
@@ -27,10 +29,14 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet torch==2.13.0
+	$(BIN)/python -m pip install --quiet -e .
+	touch $@
+
+$(VENV)/.installed-dev: $(VENV)/.installed
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $@
 
-lint: setup
+lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check diladiff_cli tests scripts
 	$(BIN)/ruff format --check diladiff_cli tests scripts
 
@@ -47,7 +53,7 @@ reproduce: setup
 # to docs/benchmarks.md and docs/benchmarks.json. BENCH_ARGS passes options, e.g.
 # BENCH_ARGS="--device cuda --compile" or "--random-init" (python scripts/bench.py --help).
 BENCH_ARGS ?=
-bench: setup
+bench: $(VENV)/.installed-dev
 	$(OFFLINE) $(BIN)/python scripts/bench.py --recipe $(RECIPE) $(BENCH_ARGS)
 
 clean:
