@@ -225,3 +225,15 @@ def test_reconstruct_needs_exactly_one_kind_of_source(trained_ae):  # noqa: F811
                 runtime=init_runtime("cpu"),
                 sources=sources,
             )
+
+
+def test_a_short_latent_draw_is_costed_at_the_median_of_three():
+    """A student's draw (well under LATENT_REPEAT_BELOW) is timed three times and costed
+    at the median, so one stall does not stand for its cost; a long draw is timed once."""
+    from diladiff_cli.sample import LATENT_REPEAT_BELOW, _latent_seconds
+
+    again = iter([0.01, 0.02])
+    assert _latent_seconds(0.30, lambda: next(again)) == 0.02  # a stalled first draw
+    calls = []
+    long = LATENT_REPEAT_BELOW * 4
+    assert _latent_seconds(long, lambda: calls.append(1) or 0.0) == long and not calls
