@@ -6,7 +6,8 @@ cartesian product of its lists (model, ncont, ndisc, selection, temperature,
 distillation label), and the sweep runs the union of their cells. The autoregressive
 baseline ``ar`` (the judge drawing one token per forward pass) has neither a latent nor
 a masked-diffusion stage: it makes one cell per temperature. Each cell runs once per
-sampling seed (``pareto.seeds``): for each seed :func:`sample_cell` draws the samples
+sampling seed (``pareto.seeds``), seed by seed (:func:`sampling_order`, so that the
+machine's drift in speed falls on every cell alike): :func:`sample_cell` draws the samples
 and :class:`~diladiff_cli.evaluate.Evaluator` scores them; the result is cached as
 ``<out>/cells/<cell>-<hash>.json`` (its ``seed``, its ``row`` and the evaluation
 ``record``), the hash covering the cell, the seed and the other sampling settings, the
@@ -543,6 +544,24 @@ class _Sweep:
         return floor
 
 
+def sampling_order(num_cells: int, seeds: tuple[int, ...]) -> list[tuple[int, int]]:
+    """The order a sweep samples its (cell index, seed) pairs in: seed by seed, each
+    seed's pass over the cells rotated by a further ``num_cells / len(seeds)``.
+
+    Seconds per sample are measured on a machine whose speed drifts by several per cent
+    over minutes; sampled cell by cell, a cell timed in a slow minute is slower by that
+    much in every seed and the drift lands on one side of a speed-up. Seed by seed, each
+    cell is timed once in each part of the sweep and at about the same mean position as
+    every other cell, so the drift falls on all of them alike and shows in each cell's
+    standard error over its seeds.
+    """
+    order = []
+    for i, seed in enumerate(seeds):
+        shift = (i * num_cells) // len(seeds)
+        order += [((k + shift) % num_cells, seed) for k in range(num_cells)]
+    return order
+
+
 def run_sweep(
     *,
     cfg: ParetoConfig,
@@ -596,15 +615,15 @@ def run_sweep(
             evaluator=evaluator,
             log=reporter.log if reporter is not None else (lambda _: None),
         )
+        found: dict[tuple[int, int], tuple[dict[str, Any], bool]] = {}
+        for n, seed in sampling_order(len(cells), cfg.seeds):
+            cell = cells[n]
+            tag = f"[{n + 1}/{len(cells)}] {cell.name} seed {seed}"
+            found[n, seed] = sweep.cell(cell, seed=seed, tag=tag)
         rows, seed_rows, run, cached = [], [], 0, 0
-        for n, cell in enumerate(cells, 1):
-            mine, done_before = [], True
-            for seed in cfg.seeds:
-                row, done = sweep.cell(
-                    cell, seed=seed, tag=f"[{n}/{len(cells)}] {cell.name} seed {seed}"
-                )
-                mine.append(row)
-                done_before &= done
+        for n in range(len(cells)):
+            mine = [found[n, seed][0] for seed in cfg.seeds]
+            done_before = all(found[n, seed][1] for seed in cfg.seeds)
             seed_rows += mine
             rows.append(aggregate(mine))
             cached += done_before

@@ -202,7 +202,7 @@ def interval_text(s: SpeedUpInterval, what: str) -> str:
     bounds = (
         f"no interval ({ONE_SEED})"
         if s.one_seed
-        else f"{_end(s.low)}-{_end(s.high)}x with the qualities shifted by ±{K:g} SE"
+        else f"{_end(s.low)}-{_end(s.high)}x with the qualities and costs shifted by ±{K:g} SE"
     )
     return (
         f"at equal {what} **{s.factor:.2f}x** ({min(s.ratios):.2f}-{max(s.ratios):.2f}x over "
@@ -294,7 +294,8 @@ def speed_verdict(rows: list[dict[str, Any]], model: str, quality: Measure) -> V
     cand = frontier_points(rows, model=model, column=quality.column)
     rule = (
         f"{name}'s seconds per sample below MDLM's at equal {quality.name}: the speed-up's "
-        f"interval (qualities shifted by ±{K:g} SE) above 1x; below 1x: not supported. When "
+        f"interval (qualities and seconds shifted by ±{K:g} SE) above 1x; below 1x: not "
+        f"supported. When "
         f"{name}'s cheapest cell is already better than MDLM's best, the lower bound MDLM's "
         f"best cell's cost / the cost of {name}'s cheapest cell better than it beyond {K:g} SE, "
         f"above 1x beyond {K:g} SE of the costs (a bound below 1x: inconclusive)"

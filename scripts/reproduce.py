@@ -66,6 +66,7 @@ from rich.text import Text
 
 from diladiff_cli.analysis.experiments import (
     CPU_SCALES,
+    HEADLINE_SWEEP,
     SCALES,
     SWEEPS,
     base_recipe,
@@ -246,7 +247,7 @@ def build_plan(
                     ("prior", "distill")))  # fmt: skip
 
     sweep = ("--device", "cuda", "--precision", "bf16") if paper else ()
-    for number, exp in enumerate(SWEEPS, 2):
+    for number, exp in sorted(enumerate(SWEEPS, 2), key=lambda e: e[0] != HEADLINE_SWEEP):
         out = f"{results}/{exp}"
         recipe = experiment_recipe(scale, number)
         shifted = ()

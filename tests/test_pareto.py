@@ -274,6 +274,16 @@ def test_sweep_resumes_without_redoing_finished_cells(setup, tmp_path, monkeypat
     assert again.rows == result.rows
 
 
+def test_sampling_order_spreads_every_cells_seeds_over_the_sweep():
+    order = pareto.sampling_order(9, (4, 5, 6))
+    assert sorted(order) == sorted((n, s) for n in range(9) for s in (4, 5, 6))  # each once
+    assert [s for _, s in order] == [4] * 9 + [5] * 9 + [6] * 9  # seed by seed
+    positions = {n: [i for i, (m, _) in enumerate(order) if m == n] for n in range(9)}
+    means = [sum(p) / 3 for p in positions.values()]
+    assert max(means) - min(means) <= 9 / 3  # cell by cell it would be 24 apart
+    assert pareto.sampling_order(2, (0,)) == [(0, 0), (1, 0)]
+
+
 def test_mean_and_standard_error_over_seeds():
     assert mean_and_se([10.0, 12.0, 14.0]) == (12.0, pytest.approx(2 / math.sqrt(3)))
     assert mean_and_se([3.0]) == (3.0, None)  # one seed: no standard error
@@ -364,7 +374,9 @@ def test_several_seeds_give_means_standard_errors_and_resume(setup, tmp_path, mo
     assert again.rows == result.rows and again.seed_rows == result.seed_rows
     more = dataclasses.replace(cfg, seeds=(0, 1, 2))
     third = run_sweep(cfg=more, eval_cfg=eval_cfg, data_dir=setup["data"], runtime=runtime)
-    assert calls == [(c.name, 2) for c in expand_cells(cfg)]  # only the new seed is drawn
+    cells = expand_cells(cfg)
+    new = [(cells[n].name, s) for n, s in pareto.sampling_order(2, (0, 1, 2)) if s == 2]
+    assert calls == new  # only the new seed is drawn, in the sweep's order
     assert third.seed_rows[:2] == result.seed_rows[:2] and third.rows[0]["seeds"] == 3
 
 

@@ -35,19 +35,20 @@ def _load(name: str):
 reproduce = _load("reproduce")
 report = _load("report")
 
+# experiment 5 first: its sweep times every cell the headline compares
 TINY_ORDER = [
     "prepare", "train-mdlm", "train-judge", "train-ae", "encode", "train-prior", "distill",
     "distill-meanflow-ln12", "distill-meanflow-ln11", "distill-tvm-ln11", "distill-tvm-ln12",
     "latent-analysis",
-    "prior-quality", "pareto-exp2", "pareto-exp3", "pareto-exp4", "pareto-exp5", "pareto-exp6",
+    "prior-quality", "pareto-exp5", "pareto-exp2", "pareto-exp3", "pareto-exp4", "pareto-exp6",
     "report",
 ]  # fmt: skip
 ORACLE_ORDER = [*TINY_ORDER[:4], "train-bound", *TINY_ORDER[4:]]  # + the perfect-latent bound
 PAPER_ORDER = [
     "prepare", "train-mdlm", "train-ae", "encode", "encode-train-sample", "train-prior",
     "distill", "distill-meanflow-ln11", "distill-tvm-ln11", "distill-tvm-ln12",
-    "latent-analysis", "prior-quality", "pareto-exp2", "pareto-exp3", "pareto-exp4",
-    "pareto-exp5", "pareto-exp6", "report",
+    "latent-analysis", "prior-quality", "pareto-exp5", "pareto-exp2", "pareto-exp3",
+    "pareto-exp4", "pareto-exp6", "report",
 ]  # fmt: skip
 
 
@@ -139,7 +140,7 @@ def test_the_script_stages_read_what_the_recipes_write(scale):
 def test_only_selects_and_rejects_unknown_names():
     stages, _ = reproduce.build_plan(scale="tiny")
     names = [s.name for s in reproduce.select(stages, "pareto,report,train-ae")]
-    assert names == ["train-ae", "pareto-exp2", "pareto-exp3", "pareto-exp4", "pareto-exp5",
+    assert names == ["train-ae", "pareto-exp5", "pareto-exp2", "pareto-exp3", "pareto-exp4",
                      "pareto-exp6", "report"]  # fmt: skip
     with pytest.raises(ValueError, match="unknown stage 'train'"):
         reproduce.select(stages, "train")
@@ -496,7 +497,7 @@ def test_report_on_an_oracle_corpus(tmp_path):
     head = text.split("## Stage wall times")[0]
     assert "DiLaDiff vs MDLM, seconds per sample: at equal oracle NLL **3.9" in head
     assert "LaDiff vs MDLM, seconds per sample: at equal oracle NLL **2.00x**" in head
-    assert "with the qualities shifted by ±2 SE" in head
+    assert "with the qualities and costs shifted by ±2 SE" in head
     sections = _sections(text)
     five = sections[5]
     assert "Exact measures (oracle corpus" in five and "the floor: 1.89 nats/token" in five

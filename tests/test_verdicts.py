@@ -203,6 +203,24 @@ def test_speedup_interval_from_the_standard_errors():
     assert s.high == pytest.approx(3.0 * math.exp(0.2))
 
 
+def test_speedup_interval_counts_the_costs_standard_errors():
+    # identical qualities known exactly; the model 3x cheaper, every cost known to 5 %:
+    # against the model its cells cost 10 % more and the baseline's 10 % less
+    nlls = (4.0, 3.0, 2.0)
+
+    def cells(faster: float) -> list[FrontierPoint]:
+        costs = (1.0 / faster, 2.0 / faster, 4.0 / faster)
+        return [
+            FrontierPoint(c, Estimate(q, 0.0), 0.05 * c) for c, q in zip(costs, nlls, strict=True)
+        ]
+
+    s = speedup_interval(cells(1.0), cells(3.0), better="lower")
+    assert s.factor == pytest.approx(3.0)
+    assert s.low == pytest.approx(3.0 * 0.9 / 1.1) and s.high == pytest.approx(3.0 * 1.1 / 0.9)
+    # 1.1x faster with 5 % timing noise is inside it, though the qualities are exact
+    assert speedup_interval(cells(1.0), cells(1.1), better="lower").outcome == "inconclusive"
+
+
 def test_speedup_inside_the_noise_and_without_it():
     nlls, costs = (4.0, 3.0), (1.0, 2.0)
     base = _frontier(costs, nlls, 0.2)

@@ -454,10 +454,10 @@ class SpeedUpInterval:
             baseline at equal quality, over the whole interval.
         factor: geometric mean of baseline cost / model cost over the shared quality
             levels; None when the two frontiers share no quality level.
-        low: the factor with every quality shifted by k SE against the model (the
-            model's worse, the baseline's better); None without standard errors or
-            when the shifted frontiers share no level.
-        high: the factor with the qualities shifted by k SE for the model.
+        low: the factor with every quality and cost shifted by k SE against the model
+            (the model's worse, the baseline's better); None without standard errors
+            of the qualities or when the shifted frontiers share no level.
+        high: the factor with the qualities and costs shifted by k SE for the model.
         at_least: the speed-up the outcome tests.
         levels: the shared quality levels, in the measure's units.
         ratios: baseline cost / model cost at each level.
@@ -548,8 +548,11 @@ def speedup_interval(
     quality levels spanning the range both frontiers cover; the factor is its geometric
     mean, as in :func:`diladiff_cli.frontier.speedup_at_equal_quality` (which reads it
     through :func:`equal_quality_ratios`). The interval recomputes the factor with every
-    quality shifted by k standard errors against the model (low: the model's worse, the
-    baseline's better) and for it (high).
+    quality and every cost shifted by k standard errors against the model (low: the
+    model's quality worse and its cost higher, the baseline's better and lower) and for it
+    (high). A cost without a standard error stays put; the cost's is the spread of the
+    timing over the sampling seeds, which holds the machine's drift when the cells are
+    timed interleaved (:func:`diladiff_cli.pareto.sampling_order`).
 
     Supported when low > ``at_least``; not supported when high < ``at_least``;
     inconclusive otherwise, when a point has no standard error, and when the frontiers
@@ -569,8 +572,15 @@ def speedup_interval(
     sign = 1.0 if better == "higher" else -1.0  # the frontier wants higher = better
 
     def points(cells: Sequence[FrontierPoint], shift: float) -> list[tuple[float, float]]:
-        # shift > 0 moves every quality k SE the better way; cells without SE stay put
-        return [(c.cost, sign * c.quality.mean + shift * k * (c.quality.se or 0.0)) for c in cells]
+        # shift > 0 moves every quality and cost k SE the better way; a missing SE stays
+        # put; a cost is kept above zero (log cost) however wide its SE
+        return [
+            (
+                max(c.cost - shift * k * (c.cost_se or 0.0), c.cost * 1e-3),
+                sign * c.quality.mean + shift * k * (c.quality.se or 0.0),
+            )
+            for c in cells
+        ]
 
     if not baseline or not model:
         return SpeedUpInterval("inconclusive", None, None, None, at_least, note="no cells")
