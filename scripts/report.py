@@ -876,7 +876,9 @@ def headline_section(ctx: Context) -> list[str]:
         "Speed-ups are geometric means of the cost ratio along the two frontiers over "
         "the quality range they share (`diladiff_cli.frontier.headline`; at equal oracle NLL "
         "`diladiff_cli.analysis.verdicts.speedup_interval`, whose interval shifts every "
-        f"cell's quality by ±{K:g} standard errors).",
+        f"cell's quality and seconds per sample by ±{K:g} standard errors; the cells are "
+        "sampled seed by seed, so the machine's drift in speed shows in the seconds' "
+        "standard errors, `diladiff_cli.pareto.sampling_order`).",
     ]
     return lines
 
