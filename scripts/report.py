@@ -29,6 +29,7 @@ from typing import Any
 from diladiff_cli.analysis.experiments import (
     CPU_SCALES,
     EXPERIMENTS,
+    HEADLINE_SWEEP,
     SCALES,
     base_recipe,
     experiment_recipe,
@@ -849,11 +850,14 @@ def timings_section(ctx: Context, timings: dict[str, Any] | None) -> list[str]:
 
 
 def headline_section(ctx: Context) -> list[str]:
-    directory = ctx.results / EXPERIMENTS[5]
+    directory = ctx.results / EXPERIMENTS[HEADLINE_SWEEP]
     rows = read_rows(directory / "pareto.csv")
-    lines = ["## Headline (experiment 5)", ""]
+    lines = [f"## Headline (experiment {HEADLINE_SWEEP})", ""]
     if not rows:
-        return lines + [f"Not run: no `{EXPERIMENTS[5]}/pareto.csv` (stage pareto-exp5)."]
+        return lines + [
+            f"Not run: no `{EXPERIMENTS[HEADLINE_SWEEP]}/pareto.csv` "
+            f"(stage pareto-exp{HEADLINE_SWEEP})."
+        ]
     for model, name in (("diladiff", "DiLaDiff"), ("ladiff", "LaDiff")):
         if not match(rows, model=model):
             lines.append(f"- {name} vs MDLM: no {name} cells.")
@@ -1008,7 +1012,8 @@ def pooled_speedups(ctx: Context, others: list[Path]) -> list[str]:
     together (:func:`~diladiff_cli.analysis.verdicts.speedup_across_trainings`): a verdict
     on the recipe whose noise includes the training's. Nothing off oracle corpora or when
     a run has no experiment-5 sweep."""
-    tables = [read_rows(r / EXPERIMENTS[5] / "pareto.csv") for r in (ctx.results, *others)]
+    sweep = EXPERIMENTS[HEADLINE_SWEEP]
+    tables = [read_rows(r / sweep / "pareto.csv") for r in (ctx.results, *others)]
     if not all(t and is_oracle(t) for t in tables):
         return []
     lines = [
@@ -1196,12 +1201,12 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     results = Path(args.results or f"results/{args.scale}")
     results = results if results.is_absolute() else ROOT / results
-    exp5 = load_recipe(ROOT / experiment_recipe(args.scale, 5))
+    headline_recipe = load_recipe(ROOT / experiment_recipe(args.scale, HEADLINE_SWEEP))
     ctx = Context(
         results=results,
         scale=args.scale,
         seq_len=load_recipe(ROOT / base_recipe(args.scale)).data.seq_len,
-        temperature=exp5.pareto.frontier_temperature,
+        temperature=headline_recipe.pareto.frontier_temperature,
     )
     out = Path(args.out) if args.out else results / "REPORT.md"
     atomic_write_text(out, build_report(ctx))
