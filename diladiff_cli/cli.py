@@ -1,7 +1,7 @@
 """The `diladiff` command line: one function per subcommand, nothing else.
 
 Each command parses its options, loads the recipe (the embedded default
-``recipes/tiny/default.yaml`` when none is given) with its options applied as typed
+``recipes/oracle/default.yaml``, what ``make reproduce`` runs, when none is given) with its options applied as typed
 values (:func:`_load`), calls one core function and prints. User errors are one line
 on stderr and a non-zero exit, never a traceback; so are click's own parse errors
 (exit code 2, pointing at ``--help``).
@@ -82,7 +82,8 @@ app = typer.Typer(
     name="diladiff",
     help="DiLaDiff: distilled latent-augmented diffusion for language modeling.\n\n"
     "Pipeline: prepare -> train-mdlm -> sample. Run any command without a recipe to "
-    "use the embedded default (recipes/tiny/default.yaml, outputs under runs/tiny/).",
+    "use the embedded default (recipes/oracle/default.yaml, the oracle corpus, outputs under "
+    "runs/oracle/; recipes/tiny/default.yaml is the Shakespeare one).",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -116,7 +117,7 @@ class PathOpt(str, Enum):
 
 RecipeArg = Annotated[
     Path | None,
-    typer.Argument(help="Recipe YAML; default: the embedded tiny recipe.", show_default=False),
+    typer.Argument(help="Recipe YAML; default: the embedded oracle recipe.", show_default=False),
 ]
 SetOpt = Annotated[
     list[str] | None,
@@ -226,7 +227,7 @@ def prepare(
 ) -> None:
     """Corpus -> tokenizer -> packed token blocks on disk (skipped when up to date).
 
-    Example: diladiff prepare recipes/tiny/default.yaml
+    Example: diladiff prepare recipes/oracle/default.yaml
     """
     cfg = _load(recipe, set_, {"data.num_proc": num_proc or None})
     if dry_run:
@@ -260,7 +261,7 @@ def train_mdlm(
 ) -> None:
     """Train or fine-tune the base masked diffusion LM (MDLM).
 
-    Example: diladiff train-mdlm recipes/tiny/default.yaml --steps 200
+    Example: diladiff train-mdlm recipes/oracle/default.yaml --steps 200
 
     More than one GPU or node: torchrun --nproc_per_node=8 -m diladiff_cli train-mdlm
     recipes/paper/mdlm_owt.yaml
@@ -317,7 +318,7 @@ def train_ae(
 ) -> None:
     """Train the latent autoencoder (stage 1): frozen BERT -> compressor -> z -> MDLM decoder.
 
-    Example: diladiff train-ae recipes/tiny/default.yaml
+    Example: diladiff train-ae recipes/oracle/default.yaml
 
     More than one GPU or node: torchrun --nproc_per_node=8 -m diladiff_cli train-ae
     recipes/paper/ae_owt.yaml
@@ -382,7 +383,7 @@ def encode(
 ) -> None:
     """Encode splits into sharded safetensors latents (resumable), or encode given texts.
 
-    Example: diladiff encode recipes/tiny/default.yaml --split train
+    Example: diladiff encode recipes/oracle/default.yaml --split train
 
     Example: diladiff encode --text "To be, or not to be" --save z.safetensors
 
@@ -640,10 +641,11 @@ def train_judge(
     device: DeviceOpt = "auto",
     precision: PrecisionArg = PrecisionOpt.fp32,
 ) -> None:
-    """Train the GenPPL judge of the embedded default: a small GPT-2 on the training split,
-    saved as a Hugging Face directory that `eval` loads like gpt2-large.
+    """Train the small GPT-2 of the CPU recipes on the training split (the GenPPL judge on
+    Shakespeare, the autoregressive baseline on the oracle corpus), saved as a Hugging
+    Face directory that `eval` loads like gpt2-large and `sample --model ar` samples.
 
-    Example: diladiff train-judge recipes/tiny/default.yaml
+    Example: diladiff train-judge recipes/oracle/default.yaml
     """
     cfg = _load(
         recipe, set_, {"judge.train.steps": steps, "judge.out": out, "judge.train.seed": seed}
@@ -678,7 +680,7 @@ def eval_(
         list[Path], typer.Argument(help="Sample files (JSONL from `diladiff sample`).")
     ],
     recipe: Annotated[
-        Path | None, typer.Option(help="Recipe YAML; default: the embedded tiny recipe.")
+        Path | None, typer.Option(help="Recipe YAML; default: the embedded oracle recipe.")
     ] = None,
     set_: SetOpt = None,
     dry_run: DryRunOpt = False,
@@ -706,7 +708,7 @@ def eval_(
 ) -> None:
     """Score sample files: GenPPL, MAUVE, entropy, speed; writes <stem>.eval.json beside each.
 
-    Example: diladiff eval runs/tiny/samples/mdlm.jsonl
+    Example: diladiff eval runs/oracle/samples/mdlm.jsonl
     """
     options = {
         "scorer.name": scorer,
@@ -750,7 +752,7 @@ def pareto(
     sampling seed (pareto.seeds; finished ones are skipped), then write pareto.csv (mean
     and standard error over seeds), pareto_seeds.csv, pareto.md and the figures.
 
-    Example: diladiff pareto recipes/tiny/default.yaml --set "pareto.seeds=[0, 1, 2]"
+    Example: diladiff pareto recipes/oracle/default.yaml --set "pareto.seeds=[0, 1, 2]"
     """
     cfg = _load(recipe, set_, {"pareto.out": out, "pareto.num_samples": num_samples})
     if dry_run:
@@ -802,7 +804,7 @@ def train_prior(
 ) -> None:
     """Train the latent prior (stage 2, LaDiff): a diffusion model over encoder latents.
 
-    Example: diladiff train-prior recipes/tiny/default.yaml
+    Example: diladiff train-prior recipes/oracle/default.yaml
 
     Without latents (--set prior.latents=null) the blocks are encoded on the fly.
 
@@ -868,7 +870,7 @@ def distill(
 ) -> None:
     """Self-distil the prior into a few-step student (stage 3, DiLaDiff: MeanFlow or TVM).
 
-    Example: diladiff distill --teacher runs/tiny/ladiff.pt --steps 25000
+    Example: diladiff distill --teacher runs/oracle/ladiff.pt --steps 25000
 
     More than one GPU or node: torchrun --nproc_per_node=8 -m diladiff_cli distill RECIPE
     """

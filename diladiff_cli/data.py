@@ -6,7 +6,7 @@ every document is tokenized and followed by EOS, the stream is concatenated and
 cut into pieces of ``seq_len - 2`` tokens, and each piece gets BOS in front and
 EOS at the end, so every block is exactly ``seq_len`` tokens long.
 
-Everything goes through ``datasets`` (local files too), so the embedded default
+Everything goes through ``datasets`` (local files too), so the CPU recipes
 and OpenWebText share one code path; ``Dataset.map(batched=True, num_proc=N)``
 does the work. Each map batch (:data:`PACK_BATCH_DOCS` documents) packs its own
 documents and drops its own remainder (fewer than ``seq_len - 2`` tokens), which

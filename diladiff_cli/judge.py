@@ -1,7 +1,9 @@
-"""A GenPPL judge for the embedded default (`train-judge`).
+"""A small causal LM for the CPU recipes (`train-judge`): the GenPPL judge on
+Shakespeare, the autoregressive baseline on the oracle corpus (the embedded default,
+whose samples the oracle scores exactly).
 
 The paper scores samples with ``gpt2-large``, which cannot be downloaded here.
-The embedded default trains its own scorer instead: a small Hugging Face causal
+The CPU recipes train their own scorer instead: a small Hugging Face causal
 LM (``GPT2LMHeadModel`` built from a config) trained on the training split with
 the one training loop, then written with ``save_pretrained`` together with the
 data's tokenizer. ``AutoModelForCausalLM.from_pretrained(judge_dir)`` and

@@ -55,7 +55,11 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def parse() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--recipe", default=None, help="recipe (default: the embedded tiny one)")
+    p.add_argument(
+        "--recipe",
+        default=None,
+        help="recipe (default: the embedded one, recipes/oracle/default.yaml)",
+    )
     p.add_argument("--checkpoint", default=None, help="autoencoder (default: the recipe's ae.out)")
     p.add_argument("--mdlm", default=None, help="base MDLM (default: the recipe's mdlm.out)")
     p.add_argument("--nelbo-batches", type=int, default=8, help="valid batches of 32 for NELBO")

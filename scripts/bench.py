@@ -48,7 +48,11 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--recipe", default=None, help="recipe YAML (default: the embedded tiny one)")
+    p.add_argument(
+        "--recipe",
+        default=None,
+        help="recipe YAML (default: the embedded one, recipes/oracle/default.yaml)",
+    )
     p.add_argument(
         "--set",
         action="append",

@@ -127,7 +127,7 @@ CASES = [
     ),
     case(
         ["train-mdlm", *sets("mdlm.model.heads=5")],
-        "mdlm.model.heads must split hidden=192 into heads of even width, got 5",
+        "mdlm.model.heads must split hidden=128 into heads of even width, got 5",
         "heads",
     ),
     case(
@@ -144,7 +144,7 @@ CASES = [
     # train-judge: judge
     case(
         ["train-judge", *sets("judge.model.n_head=5")],
-        "judge.model.n_head must divide n_embd=192, got 5",
+        "judge.model.n_head must divide n_embd=128, got 5",
         "n_head",
     ),
     case(
@@ -483,7 +483,7 @@ def test_bad_key_in_an_optional_section_of_a_file(tmp_path):
     bad.write_text(f"extends: {default_recipe_path()}\nae:\n  train:\n    stepz: 3\n")
     line = one_error_line(["train-ae", str(bad)])
     assert "unknown key 'ae.train.stepz'" in line and str(bad) in line
-    assert len(line) < 400, line
+    assert len(line) < 500, line  # the file, its chain of bases and the allowed keys
 
 
 def test_edge_values_that_are_fine_still_load():

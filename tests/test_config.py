@@ -11,6 +11,8 @@ from diladiff_cli.config import Recipe, default_recipe_path, load_recipe
 from diladiff_cli.errors import RecipeError
 from diladiff_cli.structs import to_dict
 
+ROOT = Path(__file__).resolve().parent.parent
+
 MINIMAL = """
 name: t
 data:
@@ -29,9 +31,11 @@ def write(tmp_path: Path, text: str) -> Path:
 
 
 def test_embedded_default_loads():
+    """No recipe means the oracle default, the one `make reproduce` runs."""
     recipe = load_recipe(None)
     assert isinstance(recipe, Recipe)
-    assert default_recipe_path().is_file()
+    assert default_recipe_path() == ROOT / "recipes" / "oracle" / "default.yaml"
+    assert recipe.name == "oracle" and recipe.data.corpus.source == "oracle"
     assert recipe.mdlm.model.vocab_size == recipe.data.tokenizer.vocab_size
 
 
@@ -101,7 +105,7 @@ def test_old_single_pareto_seed_still_loads(tmp_path):
     """`pareto.seed: N` (before sampling seeds became a list) reads as `seeds: [N]`, in a
     file, in a child over a base that sets `seeds`, and in `--set`; both at once is an
     error naming the file."""
-    assert load_recipe(None).pareto.seeds == (0,)
+    assert load_recipe(ROOT / "recipes/tiny/default.yaml").pareto.seeds == (0,)
     assert load_recipe(write(tmp_path, MINIMAL)).pareto.seeds == (0,)  # the default
     old = write(tmp_path, MINIMAL + "pareto:\n  seed: 3\n")
     assert load_recipe(old).pareto.seeds == (3,)

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from _clikit import documented_commands, invoke
 
-from diladiff_cli.config import Recipe, default_recipe_path, load_recipe
+from diladiff_cli.config import Recipe, load_recipe
 from diladiff_cli.errors import RecipeError
 from diladiff_cli.pareto import HYBRID, Cell, expand_cells
 
@@ -152,7 +152,7 @@ def test_there_are_six_tiny_experiments():
 
 @pytest.mark.parametrize("recipe", TINY_EXPERIMENTS, ids=lambda p: p.name)
 def test_tiny_experiment_extends_the_default(recipe):
-    default, r = load_recipe(default_recipe_path()), load_recipe(recipe)
+    default, r = load_recipe(ROOT / "recipes/tiny/default.yaml"), load_recipe(recipe)
     assert r.name.startswith("tiny-exp") and len(r.description) > 100
     same = ("data", "mdlm", "sample", "ae", "encode", "judge", "eval", "prior", "distill")
     for section in same:  # only the sweep differs (and exp6's students: the paper's settings)

@@ -143,8 +143,9 @@ class Recipe:
 
 
 def default_recipe_path() -> Path:
-    """The embedded default: ``recipes/tiny/default.yaml`` beside the package."""
-    return Path(__file__).resolve().parents[2] / "recipes" / "tiny" / "default.yaml"
+    """The embedded default: ``recipes/oracle/default.yaml`` beside the package, the
+    recipe ``make reproduce`` runs (the Shakespeare one is ``recipes/tiny/default.yaml``)."""
+    return Path(__file__).resolve().parents[2] / "recipes" / "oracle" / "default.yaml"
 
 
 # ----------------------------------------------------------------------------- loading
