@@ -42,7 +42,7 @@ lint: $(VENV)/.installed-dev
 
 # pytest exits 5 when it collects no test: not a failure of the suite. The suite runs on
 # every core (pytest-xdist, TEST_WORKERS=auto), one torch thread per worker: on 2 cores
-# 252 s against about 470 s in one process with two threads. TEST_WORKERS=0: one process.
+# 252 s of pytest against about 470 s in one process. TEST_WORKERS=0: one process.
 TEST_WORKERS ?= auto
 test: lint
 	$(OFFLINE) OMP_NUM_THREADS=1 $(BIN)/python -m pytest -n $(TEST_WORKERS) || [ $$? -eq 5 ]
