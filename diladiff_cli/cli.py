@@ -2,9 +2,9 @@
 
 Each command parses its options, loads the recipe (when none is given the embedded
 default ``recipes/oracle/default.yaml``, what ``make reproduce`` runs) with its options
-applied as typed values (:func:`_load`), calls one core function and prints. User errors are one line
-on stderr and a non-zero exit, never a traceback; so are click's own parse errors
-(exit code 2, pointing at ``--help``).
+applied as typed values (:func:`_load`), calls one core function and prints. User
+errors are one line on stderr and a non-zero exit, never a traceback; so are click's own
+parse errors (exit code 2, pointing at ``--help``).
 """
 
 from __future__ import annotations
