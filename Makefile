@@ -1,7 +1,7 @@
 # DiLaDiff toolkit: set-up, tests, the embedded default pipeline and benchmarks.
 #   make reproduce   set up, then run the whole pipeline, every experiment, and write the report
 #                    (default: the oracle corpus, exactly scored, CPU, offline;
-#                    CORPUS=shakespeare: the same sizes on Shakespeare; SCALE=paper NPROC=8: CUDA;
+#                    CORPUS=shakespeare: the tiny recipe on Shakespeare; SCALE=paper NPROC=8: CUDA;
 #                    SEED=1: a second seed of the whole pipeline, in a fresh clone)
 #   make test        set up (with the test tools), then lint and run the test suite
 #   make bench       set up (with the dev extra: GPT-2's tokenizer), then run the benchmarks

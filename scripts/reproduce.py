@@ -20,7 +20,7 @@ exit code. After an interruption, run the same command again.
 Examples::
 
     python scripts/reproduce.py                      # the oracle corpus (CPU, offline)
-    python scripts/reproduce.py --scale tiny         # the same sizes on Shakespeare
+    python scripts/reproduce.py --scale tiny         # the tiny recipe on Shakespeare
     python scripts/reproduce.py --dry-run            # print the commands, run nothing
     python scripts/reproduce.py --only pareto,report
     python scripts/reproduce.py --seed 1             # a second seed of the whole pipeline

@@ -309,7 +309,7 @@ def test_other_sources_ignore_the_oracle_settings(tmp_path):
     assert data._fingerprint(cfgs[0], resolved, None) == data._fingerprint(cfgs[1], resolved, None)
 
 
-@pytest.mark.parametrize(("name", "seq_len"), [("default", 64), ("l128", 128)])
+@pytest.mark.parametrize(("name", "seq_len"), [("default", 32), ("l128", 128)])
 def test_the_oracle_recipes_prepare_in_seconds(tmp_path, name, seq_len):
     recipe = load_recipe(
         ROOT / "recipes" / "oracle" / f"{name}.yaml",

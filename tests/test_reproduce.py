@@ -755,24 +755,24 @@ def test_compare_verdicts_table_and_exit_status(tmp_path, capsys):
 
 
 def test_headline_states_the_mdlm_regime_and_the_gap_to_the_bound(tmp_path):
-    # Ndisc 4 (16 tokens per pass at L = 64): MDLM 8.0, bound 7.0: LaDiff at 7.5 closes half
-    # the gap, DiLaDiff at 7.0 all of it. Ndisc 16: the bound (6.02) is no better than MDLM.
+    # Ndisc 2 (16 tokens per pass at the default's L = 32): MDLM 8.0, bound 7.0: LaDiff at 7.5
+    # closes half the gap, DiLaDiff at 7.0 all of it. Ndisc 8: the bound (6.02) is no better.
     results = tmp_path / "results"
     nll = {"mdlm": (8.0, 6.0), "ladiff": (7.5, 5.9), "diladiff": (7.0, 5.95), "bound": (7.0, 6.02)}
     rows = [
         _row(model, n, mauve=0.5, genppl=100.0, seconds=0.01 * (i + 1), se=0.01,
              ncont={"ladiff": 200, "diladiff": 5}.get(model, 0), oracle_nll=nll[model][i],
              oracle_nll_se=0.01, oracle_purity=0.4, oracle_purity_se=0.01)
-        for model in nll for i, n in enumerate((4, 16))
+        for model in nll for i, n in enumerate((2, 8))
     ]  # fmt: skip
-    rows.append(_row("ar", 64, mauve=0.9, genppl=10.0, seconds=0.005, se=0.01, oracle_nll=2.2,
+    rows.append(_row("ar", 32, mauve=0.9, genppl=10.0, seconds=0.005, se=0.01, oracle_nll=2.2,
                      oracle_nll_se=0.03, oracle_purity=0.97, oracle_purity_se=0.002))  # fmt: skip
     _write_sweep(results / "exp5_diladiff_frontier", rows)
     assert report.main(["--scale", "oracle", "--results", str(results)]) == 0
     head = (results / "REPORT.md").read_text().split("## Stage wall times")[0]
     assert (
         "- Has the MDLM learnt to infer the document's topic? The topic purity of its samples "
-        "at Ndisc = 16: 0.4 ± 0.01, against 0.97 ± 0.002 for the AR baseline"
+        "at Ndisc = 8: 0.4 ± 0.01, against 0.97 ± 0.002 for the AR baseline"
     ) in head
     assert (
         "closed (the bound: the same decoder given the true topic; ± 1 SE): at 16 tokens/pass "
