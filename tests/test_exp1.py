@@ -24,10 +24,11 @@ def oracle():
     return build_oracle(OracleConfig(num_documents=40, num_topics=4, seed=3))
 
 
-def test_mean_and_se_is_over_the_blocks_with_ddof_one():
-    mean, se = la.mean_and_se(np.array([1.0, 2.0, 3.0]))
-    assert mean == pytest.approx(2.0) and se == pytest.approx(1.0 / math.sqrt(3))
-    assert la.mean_and_se(np.array([5.0])) == (5.0, None)  # one block: no standard error
+def test_measured_is_over_the_blocks_with_ddof_one():
+    three = la.measured("x", np.array([1.0, 2.0, 3.0], dtype=np.float32))
+    assert three == {"x": pytest.approx(2.0), "x_se": pytest.approx(1.0 / math.sqrt(3))}
+    assert all(type(v) is float for v in three.values())  # plain floats: JSON-ready
+    assert la.measured("x", np.array([5.0])) == {"x": 5.0, "x_se": None}  # one block: no SE
     assert la.measured("x", np.array([0.0, 1.0])) == {"x": 0.5, "x_se": pytest.approx(0.5)}
 
 

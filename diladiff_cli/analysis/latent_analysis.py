@@ -28,7 +28,6 @@ rescaling) at a given layer.
 
 from __future__ import annotations
 
-import math
 import statistics
 import time
 from dataclasses import dataclass
@@ -39,6 +38,7 @@ import numpy as np
 import torch
 
 from diladiff_cli.ae import LoadedAutoencoder, decode_latents
+from diladiff_cli.analysis.verdicts import mean_and_se
 from diladiff_cli.diffusion.masked import MaskedDiffusionLoss, sample_masked
 from diladiff_cli.distributed import Runtime
 from diladiff_cli.encoder import TwoViewBlocks
@@ -109,19 +109,12 @@ def mean_bertscore(cands: list[str], refs: list[str], *, layers: int) -> float:
     return float(bertscores(cands, refs, layers=layers).mean())
 
 
-def mean_and_se(values: np.ndarray) -> tuple[float, float | None]:
-    """The mean of per-block measurements and its standard error over the blocks,
-    std (ddof = 1) / sqrt(n); None (JSON null) with fewer than two blocks."""
-    values = np.asarray(values, dtype=np.float64)
-    n = len(values)
-    se = float(values.std(ddof=1) / math.sqrt(n)) if n > 1 else None
-    return float(values.mean()), se
-
-
 def measured(key: str, values: np.ndarray) -> dict[str, float | None]:
-    """``{key: mean, key_se: its standard error}`` of per-block measurements (the keys
-    ``scripts/report.py`` reads with :meth:`~diladiff_cli.analysis.verdicts.Estimate.of`)."""
-    mean, se = mean_and_se(values)
+    """``{key: mean, key_se: its standard error}`` of per-block measurements, the standard
+    error over the blocks (ddof 1; None, JSON null, with fewer than two blocks), by
+    :func:`~diladiff_cli.analysis.verdicts.mean_and_se`, the keys ``scripts/report.py``
+    reads with :meth:`~diladiff_cli.analysis.verdicts.Estimate.of`."""
+    mean, se = mean_and_se(np.asarray(values, dtype=np.float64).tolist())
     return {key: mean, f"{key}_se": se}
 
 
