@@ -1007,15 +1007,33 @@ def trainings_section(ctx: Context, others: list[Path]) -> list[str]:
     ]
 
 
+def timing_machine(results: Path) -> str:
+    """What a run's headline seconds were measured on: the device of its experiment-5
+    sweep (the GPU's name, or the CPU with its thread count, ``pareto.csv``) and, on a
+    CPU, the CPU model ``reproduce.py`` records in ``timings.json``."""
+    rows = read_rows(results / EXPERIMENTS[HEADLINE_SWEEP] / "pareto.csv") or []
+    device = "; ".join(sorted({r["device"] for r in rows})) or "unknown device"
+    if not device.startswith("cpu"):
+        return device
+    cpu = ((read_json(results / "timings.json") or {}).get("conditions") or {}).get("cpu")
+    return f"{cpu or 'unknown CPU'}, {device}"
+
+
 def pooled_speedups(ctx: Context, others: list[Path]) -> list[str]:
-    """The headline speed-ups at equal oracle NLL of this run and ``others`` taken
-    together (:func:`~diladiff_cli.analysis.verdicts.speedup_across_trainings`): a verdict
-    on the recipe whose noise includes the training's. Nothing off oracle corpora or when
-    a run has no experiment-5 sweep."""
+    """The headline speed-ups at equal oracle NLL of this run and those of ``others``
+    timed on the same machine (:func:`timing_machine`), taken together
+    (:func:`~diladiff_cli.analysis.verdicts.speedup_across_trainings`): a verdict on the
+    recipe whose noise includes the training's. A speed-up in seconds belongs to the
+    machine as well as to the models (on the oracle default a DiLaDiff cell costs 1.20 to
+    1.71x an MDLM cell at the same Ndisc on one CPU type, 0.93 to 1.46x on another,
+    docs/oracle.md), so runs timed elsewhere are named and left out. Nothing off oracle
+    corpora or when a run has no experiment-5 sweep."""
     sweep = EXPERIMENTS[HEADLINE_SWEEP]
-    tables = [read_rows(r / sweep / "pareto.csv") for r in (ctx.results, *others)]
-    if not all(t and is_oracle(t) for t in tables):
+    tables = {r: read_rows(r / sweep / "pareto.csv") or [] for r in (ctx.results, *others)}
+    if not all(is_oracle(t) for t in tables.values()):
         return []
+    machine = timing_machine(ctx.results)
+    elsewhere = [o for o in others if timing_machine(o) != machine]
     lines = [
         "",
         "The headline across these trainings. Rule: the geometric mean of the runs' speed-ups "
@@ -1023,11 +1041,19 @@ def pooled_speedups(ctx: Context, others: list[Path]) -> list[str]:
         f"±{K:g} standard errors of the mean log factor over the trainings, which covers "
         "what changes between trainings as each run's own interval does not; above 1x: "
         "supported, below: not supported. With a handful of trainings the standard error is "
-        "itself rough (±2 SE over 4 runs, for example, is about an 86 % interval).",
+        "itself rough (±2 SE over 4 runs, for example, is about an 86 % interval). Only runs "
+        f"timed on this run's machine ({machine}) are pooled: a speed-up in seconds belongs "
+        "to the machine as well as to the models.",
         "",
     ]
+    for other in elsewhere:
+        lines.append(
+            f"- Left out: {other.name if other != ctx.results.parent else 'seed 0'}, timed on "
+            f"{timing_machine(other)} (its verdicts are in the table above)."
+        )
+    pooled_tables = [t for r, t in tables.items() if r not in elsewhere]
     for model in ("diladiff", "ladiff"):
-        found = [nll_speedup(match(t, temperature=ctx.temperature), model) for t in tables]
+        found = [nll_speedup(match(t, temperature=ctx.temperature), model) for t in pooled_tables]
         missing = sum(f.factor is None for f in found)
         if missing:
             lines.append(

@@ -830,6 +830,16 @@ def test_report_pools_the_headline_speed_up_over_the_pipeline_seeds(tmp_path):
     ) in section
     assert "- LaDiff: 0.50x over 2 trainings (0.50x, 0.50x), interval 0.50x-0.50x: " in section
     assert "*not supported*." in section.split("- LaDiff:")[1]
+    # seed 1 timed on another CPU: named and left out of the pool, its verdicts still listed
+    for directory, cpu in ((results, "CPU A (AVX-512)"), (results / "pipeline_seed1", "CPU B")):
+        timings = {"stages": {}, "conditions": {"cpu": cpu}}
+        (directory / "timings.json").write_text(json.dumps(timings))
+    assert report.main(["--scale", "oracle", "--results", str(results)]) == 0
+    section = (results / "REPORT.md").read_text().split("## Across trainings")[1].split("\n## ")[0]
+    assert "this run's machine (CPU A (AVX-512), cpu (1 threads)) are pooled" in section
+    assert "- Left out: pipeline_seed1, timed on CPU B, cpu (1 threads) (its verdicts" in section
+    assert "| [pipeline_seed1](pipeline_seed1/REPORT.md) |" in section
+    assert "- DiLaDiff: 2.00x over 1 training" in section and "no interval" in section
 
 
 def test_preload_leaves_the_stages_forkable():
