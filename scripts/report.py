@@ -1007,11 +1007,10 @@ def trainings_section(ctx: Context, others: list[Path]) -> list[str]:
     ]
 
 
-def timing_machine(results: Path) -> str:
+def timing_machine(results: Path, rows: list[dict[str, Any]]) -> str:
     """What a run's headline seconds were measured on: the device of its experiment-5
-    sweep (the GPU's name, or the CPU with its thread count, ``pareto.csv``) and, on a
-    CPU, the CPU model ``reproduce.py`` records in ``timings.json``."""
-    rows = read_rows(results / EXPERIMENTS[HEADLINE_SWEEP] / "pareto.csv") or []
+    sweep (``rows``, its ``pareto.csv``: the GPU's name, or the CPU with its thread count)
+    and, on a CPU, the CPU model ``reproduce.py`` records in ``timings.json``."""
     device = "; ".join(sorted({r["device"] for r in rows})) or "unknown device"
     if not device.startswith("cpu"):
         return device
@@ -1024,16 +1023,16 @@ def pooled_speedups(ctx: Context, others: list[Path]) -> list[str]:
     timed on the same machine (:func:`timing_machine`), taken together
     (:func:`~diladiff_cli.analysis.verdicts.speedup_across_trainings`): a verdict on the
     recipe whose noise includes the training's. A speed-up in seconds belongs to the
-    machine as well as to the models (on the oracle default a DiLaDiff cell costs 1.20 to
-    1.71x an MDLM cell at the same Ndisc on one CPU type, 0.93 to 1.46x on another,
-    docs/oracle.md), so runs timed elsewhere are named and left out. Nothing off oracle
-    corpora or when a run has no experiment-5 sweep."""
+    machine as well as to the models (two CPU types' runs of the oracle default differ by
+    2.5 SE in it, docs/oracle.md), so runs timed elsewhere are named and left out. Nothing
+    off oracle corpora or when a run has no experiment-5 sweep."""
     sweep = EXPERIMENTS[HEADLINE_SWEEP]
     tables = {r: read_rows(r / sweep / "pareto.csv") or [] for r in (ctx.results, *others)}
     if not all(is_oracle(t) for t in tables.values()):
         return []
-    machine = timing_machine(ctx.results)
-    elsewhere = [o for o in others if timing_machine(o) != machine]
+    machines = {r: timing_machine(r, t) for r, t in tables.items()}
+    machine = machines[ctx.results]
+    elsewhere = [o for o in others if machines[o] != machine]
     lines = [
         "",
         "The headline across these trainings. Rule: the geometric mean of the runs' speed-ups "
@@ -1049,7 +1048,7 @@ def pooled_speedups(ctx: Context, others: list[Path]) -> list[str]:
     for other in elsewhere:
         lines.append(
             f"- Left out: {other.name if other != ctx.results.parent else 'seed 0'}, timed on "
-            f"{timing_machine(other)} (its verdicts are in the table above)."
+            f"{machines[other]} (its verdicts are in the table above)."
         )
     pooled_tables = [t for r, t in tables.items() if r not in elsewhere]
     for model in ("diladiff", "ladiff"):
