@@ -979,6 +979,12 @@ def other_trainings(results: Path) -> list[Path]:
     return [c for c in candidates if c != results and (c / "verdicts.json").is_file()]
 
 
+def run_name(ctx: Context, other: Path) -> str:
+    """How the report names another pipeline seed's results: its folder, or "seed 0" for
+    the ``results/<scale>`` that holds this run's folder."""
+    return "seed 0" if other == ctx.results.parent else other.name
+
+
 def trainings_section(ctx: Context, others: list[Path]) -> list[str]:
     """This run's verdicts beside those of the other pipeline seeds (``others``, from
     :func:`other_trainings`): which claims stand across trainings, which the training
@@ -989,7 +995,7 @@ def trainings_section(ctx: Context, others: list[Path]) -> list[str]:
     names = ["this run"]
     for o in others:
         rel = Path(os.path.relpath(o / "REPORT.md", ctx.results)).as_posix()
-        names.append(f"[{o.name if o != ctx.results.parent else 'seed 0'}]({rel})")
+        names.append(f"[{run_name(ctx, o)}]({rel})")
     same = sum(r.agree for r in rows)
     return [
         "## Across trainings",
@@ -1047,10 +1053,10 @@ def pooled_speedups(ctx: Context, others: list[Path]) -> list[str]:
     ]
     for other in elsewhere:
         lines.append(
-            f"- Left out: {other.name if other != ctx.results.parent else 'seed 0'}, timed on "
+            f"- Left out: {run_name(ctx, other)}, timed on "
             f"{machines[other]} (its verdicts are in the table above)."
         )
-    pooled_tables = [t for r, t in tables.items() if r not in elsewhere]
+    pooled_tables = [t for r, t in tables.items() if machines[r] == machine]
     for model in ("diladiff", "ladiff"):
         found = [nll_speedup(match(t, temperature=ctx.temperature), model) for t in pooled_tables]
         missing = sum(f.factor is None for f in found)
