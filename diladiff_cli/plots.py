@@ -358,7 +358,7 @@ def plot_gap(rows: list[dict[str, Any]], *, floor: float, path: Path) -> Path:
         ax.errorbar(
             [r["tokens_per_forward"] for r in mine],
             [r["oracle_nll"] for r in mine],
-            yerr=[ERROR_BARS * r["oracle_nll_se"] for r in mine],
+            yerr=[_err(r, "oracle_nll") for r in mine],
             marker="o",
             capsize=3,
             color=COLORS.get(model, "black"),

@@ -67,9 +67,10 @@ def main() -> int:
     print(f"held-out blocks: NLL {f.held_out.nll_per_token:.4f}, purity {f.held_out.purity:.3f}")
     print("ndisc  tok/fwd  oracle NLL (± s.e. over seeds)  gap/H   purity")
     for r in curve.rows:
+        se = "n/a" if r["oracle_nll_se"] is None else f"{r['oracle_nll_se']:.4f}"
         print(
             f"{r['ndisc']:5d}  {r['tokens_per_forward']:7.2f}  {r['oracle_nll']:.4f} ± "
-            f"{r['oracle_nll_se']:.4f}{'':14}{r['gap_over_h']:+.3f}  {r['purity']:.3f}"
+            f"{se:<6}{'':14}{r['gap_over_h']:+.3f}  {r['purity']:.3f}"
         )
     print(" ".join(str(p) for p in paths.values()))
     return 0

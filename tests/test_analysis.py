@@ -129,3 +129,7 @@ def test_gap_curve_averages_over_seeds_with_their_standard_error(tmp_path):
     paths = write_gap(GapCurve(rows=rows, per_seed=per_seed, floor=floor), tmp_path)
     header = paths["csv"].read_text().splitlines()[0].split(",")
     assert header == list(COLUMNS) and paths["plot"].stat().st_size > 0
+    one = [r for r in per_seed if r["seed"] == 0]  # one seed: no standard error, no bars
+    rows = _average(one, floor)
+    assert [r["oracle_nll_se"] for r in rows] == [None, None]
+    assert write_gap(GapCurve(rows=rows, per_seed=one, floor=floor), tmp_path / "one")["plot"]

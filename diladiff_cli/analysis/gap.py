@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import csv
 import io
-import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -23,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from diladiff_cli import hub
+from diladiff_cli.analysis.verdicts import mean_and_se
 from diladiff_cli.data import load_blocks, load_data_info
 from diladiff_cli.distributed import Runtime
 from diladiff_cli.errors import DiladiffError
@@ -192,19 +192,19 @@ def factorization_gap(
 
 
 def _average(per_seed: list[dict[str, Any]], floor: Floor) -> list[dict[str, Any]]:
-    """One row per (model, ndisc): means over seeds, the NLL's standard error over seeds."""
+    """One row per (model, ndisc): means over seeds, the NLL's standard error over seeds
+    (:func:`~diladiff_cli.analysis.verdicts.mean_and_se`: None from one seed)."""
     rows = []
     for key in sorted({(r["model"], r["ndisc"]) for r in per_seed}, key=lambda k: (k[0], -k[1])):
         mine = [r for r in per_seed if (r["model"], r["ndisc"]) == key]
-        nll = np.asarray([r["nll_per_token"] for r in mine])
-        mean = float(nll.mean())
+        mean, se = mean_and_se(r["nll_per_token"] for r in mine)
         rows.append(
             {
                 "model": key[0],
                 "ndisc": key[1],
                 "tokens_per_forward": float(np.mean([r["tokens_per_forward"] for r in mine])),
                 "oracle_nll": mean,
-                "oracle_nll_se": float(nll.std(ddof=1) / math.sqrt(len(nll))),
+                "oracle_nll_se": se,  # None from one seed
                 "seeds": len(mine),
                 "samples_per_seed": mine[0]["num_sequences"],
                 "gap": mean - floor.entropy_rate,
