@@ -132,4 +132,5 @@ def test_gap_curve_averages_over_seeds_with_their_standard_error(tmp_path):
     one = [r for r in per_seed if r["seed"] == 0]  # one seed: no standard error, no bars
     rows = _average(one, floor)
     assert [r["oracle_nll_se"] for r in rows] == [None, None]
-    assert write_gap(GapCurve(rows=rows, per_seed=one, floor=floor), tmp_path / "one")["plot"]
+    plot = write_gap(GapCurve(rows=rows, per_seed=one, floor=floor), tmp_path / "one")["plot"]
+    assert plot.stat().st_size > 0
