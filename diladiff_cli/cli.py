@@ -155,12 +155,14 @@ def handles_errors(fn: F) -> F:
 
 
 class RichReporter:
-    """A rich progress bar on a TTY (rank 0 only); plain log lines otherwise."""
+    """A rich progress bar on an interactive terminal (rank 0 only); plain log lines
+    otherwise (``TTY_INTERACTIVE=0``: what ``scripts/reproduce.py`` sets for two stages
+    that share a terminal)."""
 
     def __init__(self, *, enabled: bool) -> None:
         self.enabled = enabled
         self.console = Console(stderr=True)
-        self.bar = enabled and self.console.is_terminal
+        self.bar = enabled and self.console.is_interactive
         self._progress: Progress | None = None
         self._task: Any = None
 

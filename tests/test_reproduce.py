@@ -277,6 +277,127 @@ def test_forked_stages_run_as_a_fresh_interpreter_would(tmp_path, capsys):
     assert "train-mdlm" in capsys.readouterr().out
 
 
+def _clock(log: Path, name: str, sleep: float = 0.4) -> str:
+    """A stage that appends its name, start, end and OMP_NUM_THREADS to ``log``."""
+    threads = "os.environ.get('OMP_NUM_THREADS')"
+    return (
+        f"import json, os, time; t = time.time(); time.sleep({sleep!r}); print('line of {name}'); "
+        f"open({str(log)!r}, 'a').write(json.dumps([{name!r}, t, time.time(), {threads}]) + '\\n')"
+    )
+
+
+def test_two_stages_at_a_time_where_the_plan_allows(tmp_path, capsys):
+    """--jobs 2: a stage starts once the stages it names are done; two that may, run side
+    by side on the shared thread count, their lines marked with their names; a stage that
+    must run alone has nothing beside it; the report counts the overlap once."""
+    log, timings = tmp_path / "log.jsonl", tmp_path / "timings.json"
+    stages = [
+        _stage("first", _clock(log, "first", 0.1), alone=True),
+        _stage("b", _clock(log, "b"), after=("first",)),
+        _stage("c", _clock(log, "c"), after=("first",)),
+        _stage("d", _clock(log, "d", 0.1), after=("b",)),
+        _stage("sweep", _clock(log, "sweep", 0.1), alone=True),  # after every stage before it
+    ]
+    run = dict(timings_path=timings, run_conditions={}, env=dict(os.environ))
+    assert reproduce.run_plan(stages, jobs=2, threads=1, **run) == 0
+    seen = {r[0]: r[1:] for r in map(json.loads, log.read_text().splitlines())}
+
+    def overlap(x: str, y: str) -> bool:
+        return seen[x][0] < seen[y][1] and seen[y][0] < seen[x][1]
+
+    assert overlap("b", "c")
+    assert not any(overlap("first", n) or overlap("sweep", n) for n in "bcd")
+    assert seen["d"][0] >= seen["b"][1] and seen["sweep"][0] >= max(seen[n][1] for n in "bcd")
+    assert [seen[n][2] for n in ("b", "c", "d")] == ["1", "1", "1"]
+    assert seen["first"][2] == seen["sweep"][2] == os.environ.get("OMP_NUM_THREADS")
+    out = capsys.readouterr().out
+    assert "b | line of b" in out and "c | line of c" in out
+    entries = json.loads(timings.read_text())["stages"]
+    assert list(entries) == [s.name for s in stages]
+    assert [entries[n].get("threads") for n in entries] == [None, 1, 1, 1, None]
+    wall = report.pipeline_wall(entries.values())
+    assert wall < sum(e["seconds"] for e in entries.values()) - 0.2  # b and c overlapped
+
+    # One at a time (--jobs 1), the same stages follow the plan's order on every thread.
+    log.unlink()
+    assert reproduce.run_plan(stages, force=True, **run) == 0
+    seen = [json.loads(r) for r in log.read_text().splitlines()]
+    assert [r[0] for r in seen] == ["first", "b", "c", "d", "sweep"]
+    assert all(a[2] <= b[1] for a, b in zip(seen, seen[1:], strict=False))
+    assert "threads" not in json.loads(timings.read_text())["stages"]["b"]
+
+
+def test_beside_a_failure_the_running_stage_ends_and_nothing_starts(tmp_path, capsys):
+    log, marker = tmp_path / "log.jsonl", tmp_path / "never"
+    stages = [
+        _stage("slow", _clock(log, "slow", 0.6), after=()),
+        _stage("broken", "import sys; sys.exit(3)", after=()),
+        _stage("later", f"open({str(marker)!r}, 'w')", after=()),
+    ]
+    timings = tmp_path / "timings.json"
+    code = reproduce.run_plan(stages, timings_path=timings, run_conditions={}, jobs=2, threads=1)
+    assert code == 3 and not marker.exists()
+    entries = json.loads(timings.read_text())["stages"]
+    assert entries["slow"]["returncode"] == 0 and log.read_text().startswith('["slow"')
+    assert entries["broken"]["returncode"] == 3 and "later" not in entries
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [err[0]] and err[0].startswith("error: stage 'broken' failed (exit 3)")
+
+
+def test_a_forked_stage_beside_another_runs_on_its_share_of_the_threads(tmp_path, capsys):
+    import torch
+
+    script = tmp_path / "threads.py"
+    script.write_text(
+        "import json, os, sys, torch\n"
+        "print(json.dumps({'torch': torch.get_num_threads(), 'tty': os.environ.get("
+        "'TTY_INTERACTIVE'), 'forked': 'torch' in sys.modules}))\n"
+    )
+    stage = reproduce.Stage("shared", (sys.executable, str(script)), after=())
+    run = dict(timings_path=tmp_path / "t.json", run_conditions={}, env=dict(os.environ))
+    before = torch.get_num_threads()
+    assert reproduce.run_plan([stage], fork=True, jobs=2, threads=1, **run) == 0
+    line = next(ln for ln in capsys.readouterr().out.splitlines() if "{" in ln)
+    assert json.loads(line.split(" | ", 1)[1]) == {"torch": 1, "tty": "0", "forked": True}
+    assert torch.get_num_threads() == before  # the parent's own count is left alone
+
+
+def test_pipeline_wall_counts_overlapping_stages_once():
+    entries = [
+        {"seconds": 10.0, "started": 100.0},
+        {"seconds": 4.0, "started": 105.0},  # inside the first
+        {"seconds": 6.0, "started": 108.0},  # overlaps its end by 2
+        {"seconds": 3.0},  # no start recorded (an older run): added
+        {"seconds": 1.0, "started": 200.0},
+    ]
+    assert report.pipeline_wall(entries) == pytest.approx(10 + 4 + 3 + 1)
+    assert report.pipeline_wall([{"seconds": 2.0}, {"seconds": 3.0}]) == 5.0
+
+
+def test_the_plan_runs_two_at_a_time_only_what_reads_nothing_unfinished():
+    """Every stage waits for the stages whose outputs it reads, and for nothing after it;
+    the stages that time what they do, or gain most from a second thread, run alone."""
+    for scale in ("oracle", "tiny", "paper"):
+        stages, _ = reproduce.build_plan(scale=scale)
+        deps = reproduce.dependencies(stages)
+        names = [s.name for s in stages]
+        for i, stage in enumerate(stages):
+            assert deps[stage.name] <= set(names[:i]), stage.name
+        alone = {s.name for s in stages if s.alone}
+        assert {"prepare", "train-mdlm", "report"} <= alone
+        assert {n for n in names if n.startswith("pareto-")} <= alone
+        byname = {s.name: s for s in stages}
+        assert deps["train-ae"] == {"train-mdlm"} and deps["encode"] == {"train-ae"}
+        students = {n for n in names if n.startswith("distill")}
+        assert all(deps[n] == {"train-prior"} for n in students)
+        assert students <= deps["prior-quality"]
+        assert "train-ae" in deps["latent-analysis"]
+        assert deps["pareto-exp5"] == set(names[: names.index("pareto-exp5")])
+        assert byname["report"].after is None
+    assert reproduce.default_jobs("oracle", 2) == 2 and reproduce.default_jobs("oracle", 1) == 1
+    assert reproduce.default_jobs("paper", 8) == 1
+
+
 def test_timing_entry_without_an_earlier_run():
     entry = reproduce.timing_entry(
         None, command="c", returncode=0, seconds=0.0, skipped=True, when="now"
