@@ -17,6 +17,19 @@ to ``<results>/timings.json``, rewritten atomically after each stage; a skipped 
 the timing of the earlier run that did the work. A failing stage stops the run with its
 exit code. After an interruption, run the same command again.
 
+Two at a time (``--jobs 2``, CPU scales; the default is one at a time): each stage names
+the stages whose outputs it reads (:attr:`Stage.after`), and once they are done it may
+start beside another, on half the threads (``OMP_NUM_THREADS``, else the cores), its
+output lines marked with its name: the judge and the bound beside the autoencoder, the
+latent analysis beside the encoder and the prior, the students beside one another.
+``prepare``, ``train-mdlm`` (the longest, which gains most from the second thread), the
+sweeps (they time their samples) and ``report`` run alone, after every stage before them.
+A stage's thread count follows from the plan, not from what happened to run beside it, so
+such a run is repeatable; but its trainings differ from one at a time's as another
+machine's would (one thread sums in another order, and training carries the difference
+along), and on 2 cores it saved only 6 % of the oracle pipeline's wall time
+(``results/oracle/jobs2_trial/``), so it is not the default.
+
 Examples::
 
     python scripts/reproduce.py                      # the oracle corpus (CPU, offline)
@@ -734,8 +747,8 @@ def run_plan(
 
     ``jobs`` = 1: one after another, in plan order. ``jobs`` = 2: two at a time where the
     plan allows (:func:`next_ready`), each with ``threads`` torch threads, unless it runs
-    alone; their output lines carry the stage's name. After a failure the stages already
-    running finish, and nothing else starts.
+    alone; the output lines of a stage beside another carry its name. After a failure the
+    stages already running finish, and nothing else starts.
 
     Returns:
         0, or the exit code of the stage that failed (the first, when two did).
@@ -824,7 +837,7 @@ def run_plan(
                 break
             for key, _ in selector.select():
                 current: _Running = key.data
-                prefix = f"{current.stage.name} | " if jobs > 1 else ""
+                prefix = f"{current.stage.name} | " if current.threads is not None else ""
                 chunk = os.read(current.fd, 1 << 16)
                 current.echo(chunk, prefix=prefix)
                 if chunk:
@@ -868,14 +881,6 @@ def thread_budget() -> int:
         )
 
 
-def default_jobs(scale: str, budget: int) -> int:
-    """Two stages at a time at the CPU scales when there are two threads to share: on 2
-    cores a stage's training runs only 1.45 to 1.65 times slower on one thread than on two,
-    so two at a time do more work in the same wall time. The paper scale's stages share
-    GPUs: one at a time."""
-    return 2 if scale in CPU_SCALES and budget >= 2 else 1
-
-
 def claim_seed(runs: Path, seed: int) -> str | None:
     """Record the pipeline seed in ``runs/pipeline_seed.json``; the reason to refuse when
     the directory already holds another seed's run (its outputs would be taken as done)."""
@@ -917,10 +922,10 @@ def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--jobs",
         type=int,
-        default=None,
-        help="stages at a time: 2 runs independent stages side by side, each on half the "
-        "threads (the sweeps and train-mdlm still run alone); default 2 at the CPU scales "
-        "on 2 or more threads, else 1 (the paper scale: always 1)",
+        default=1,
+        help="stages at a time (CPU scales): 2 runs independent stages side by side, each on "
+        "half the threads (train-mdlm and the sweeps still run alone); its trainings differ "
+        "from one at a time's, see the module docstring (default 1)",
     )
     p.add_argument(
         "--seed",
@@ -964,7 +969,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: --seed must be 0 or more, got {args.seed}", file=sys.stderr)
         return 2
     budget = thread_budget()
-    jobs = args.jobs if args.jobs is not None else default_jobs(args.scale, budget)
+    jobs = args.jobs
     if jobs not in (1, 2) or (jobs == 2 and args.scale not in CPU_SCALES):
         print(
             f"error: --jobs must be 1 or 2 (2 at the CPU scales only), got {args.jobs}",

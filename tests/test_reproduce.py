@@ -362,6 +362,13 @@ def test_a_forked_stage_beside_another_runs_on_its_share_of_the_threads(tmp_path
     assert torch.get_num_threads() == before  # the parent's own count is left alone
 
 
+@pytest.mark.parametrize("args", [("--jobs", "3"), ("--jobs", "2", "--scale", "paper")])
+def test_jobs_beyond_what_the_scale_allows_is_refused(args, capsys):
+    assert reproduce.main([*args, "--dry-run"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [err[0]] and err[0].startswith("error: --jobs must be 1 or 2")
+
+
 def test_pipeline_wall_counts_overlapping_stages_once():
     entries = [
         {"seconds": 10.0, "started": 100.0},
@@ -394,8 +401,6 @@ def test_the_plan_runs_two_at_a_time_only_what_reads_nothing_unfinished():
         assert "train-ae" in deps["latent-analysis"]
         assert deps["pareto-exp5"] == set(names[: names.index("pareto-exp5")])
         assert byname["report"].after is None
-    assert reproduce.default_jobs("oracle", 2) == 2 and reproduce.default_jobs("oracle", 1) == 1
-    assert reproduce.default_jobs("paper", 8) == 1
 
 
 def test_timing_entry_without_an_earlier_run():
