@@ -685,28 +685,6 @@ def start_stage(
     return _Running(stage, proc, proc.stdout.fileno(), t0, started, threads)
 
 
-def run_stage(stage: Stage, *, force: bool, env: dict[str, str], fork: bool = False) -> Outcome:
-    """Run one stage to its end, its stdout echoed as it comes (see :func:`start_stage`)."""
-    if stage.kind == "script" and not force:
-        if is_up_to_date(ROOT / stage.output, [ROOT / p for p in stage.inputs]):
-            return Outcome(0, 0.0, True)
-    t0 = time.perf_counter()
-    try:
-        running = start_stage(stage, env=env, fork=fork)
-    except OSError as err:
-        print(f"error: {stage.name}: cannot start {stage.argv[0]}: {err.strerror}", file=sys.stderr)
-        return Outcome(127, time.perf_counter() - t0, False)
-    try:
-        while chunk := os.read(running.fd, 1 << 16):
-            running.echo(chunk, prefix="")
-        running.echo(b"", prefix="")
-        returncode = running.wait()
-    except KeyboardInterrupt:
-        running.wait()  # the child got the same Ctrl-C and saves what it can
-        returncode = 130
-    return running.outcome(returncode)
-
-
 def dependencies(stages: Sequence[Stage]) -> dict[str, set[str]]:
     """What each stage waits for: the stages it names in ``after`` that are in this run
     (``--only``), or, without ``after``, every stage before it."""
