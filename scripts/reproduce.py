@@ -829,7 +829,9 @@ def run_plan(
             raise
         for current in running.values():  # each child got the same Ctrl-C and saves what it can
             current.wait()
-            finish(current.stage, current.outcome(130), started=current.started, share=None)
+            finish(
+                current.stage, current.outcome(130), started=current.started, share=current.threads
+            )
     finally:
         selector.close()
     if failed is not None:

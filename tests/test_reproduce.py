@@ -344,6 +344,25 @@ def test_beside_a_failure_the_running_stage_ends_and_nothing_starts(tmp_path, ca
     assert err == [err[0]] and err[0].startswith("error: stage 'broken' failed (exit 3)")
 
 
+def test_ctrl_c_beside_another_stage_records_both_as_interrupted_with_their_threads(
+    tmp_path, monkeypatch
+):
+    class InterruptedSelector(reproduce.selectors.DefaultSelector):
+        def select(self, timeout=None):  # Ctrl-C while both stages run
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(reproduce.selectors, "DefaultSelector", InterruptedSelector)
+    stages = [_stage(n, "import time; time.sleep(0.2)", after=()) for n in ("a", "b")]
+    timings = tmp_path / "timings.json"
+    code = reproduce.run_plan(stages, timings_path=timings, run_conditions={}, jobs=2, threads=1)
+    assert code == 130
+    entries = json.loads(timings.read_text())["stages"]
+    assert {n: (e["returncode"], e.get("threads")) for n, e in entries.items()} == {
+        "a": (130, 1),
+        "b": (130, 1),
+    }
+
+
 def test_a_forked_stage_beside_another_runs_on_its_share_of_the_threads(tmp_path, capsys):
     import torch
 
