@@ -458,15 +458,13 @@ def timing_entry(
         "when": when,
         "skipped": skipped,
     }
-    if started is not None:
-        entry["started"] = round(started, 3)
-    if threads is not None:
-        entry["threads"] = threads
     if not skipped:
+        if started is not None:
+            entry["started"] = round(started, 3)
+        if threads is not None:
+            entry["threads"] = threads
         return entry if partial is None else {**entry, "partial": partial}
     check = {"when": when, "seconds": round(seconds, 3)}
-    entry.pop("started", None)
-    entry.pop("threads", None)
     if earlier and earlier.get("returncode") == 0 and "seconds" in earlier:
         kept = {k: earlier[k] for k in ("started", "threads") if k in earlier}
         return {
@@ -709,6 +707,11 @@ def next_ready(
     return None
 
 
+def failure(returncode: int) -> str:
+    """How a stage that exited with ``returncode`` (not 0) ended, in words."""
+    return "interrupted" if returncode == 130 else f"failed (exit {returncode})"
+
+
 def run_plan(
     stages: list[Stage],
     *,
@@ -763,11 +766,7 @@ def run_plan(
         timings["stages"] = {n: timings["stages"][n] for n in names if n in timings["stages"]}
         atomic_write_json(timings_path, timings)
         if outcome.returncode != 0:
-            what = (
-                "interrupted"
-                if outcome.returncode == 130
-                else f"failed (exit {outcome.returncode})"
-            )
+            what = failure(outcome.returncode)
             console.print(Text(f"✗ {stage.name:<24} {outcome.seconds:8.1f} s  {what}", "red"))
             failed = failed or (stage, outcome.returncode)
             return
@@ -836,10 +835,9 @@ def run_plan(
         selector.close()
     if failed is not None:
         stage, returncode = failed
-        what = "interrupted" if returncode == 130 else f"failed (exit {returncode})"
         print(
-            f"error: stage '{stage.name}' {what}; run the same command again to continue "
-            f"from it: {display(stage.argv)}",
+            f"error: stage '{stage.name}' {failure(returncode)}; run the same command again "
+            f"to continue from it: {display(stage.argv)}",
             file=sys.stderr,
         )
         return returncode
