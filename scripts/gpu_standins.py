@@ -19,12 +19,20 @@ Then, on the GPU machine::
     python scripts/bench.py --recipe recipes/paper/pipeline.yaml --device cuda --random-init \\
         --set ae.encoder.name=/tmp/bert-base-random \\
         --set data.tokenizer.name=.devcarry/gpt2-tokenizer
+
+The oracle pipeline on a GPU (``scripts/gpu_oracle.sh``, ``make gpu-carry``) needs the
+shipped MiniLM itself (the autoencoder's frozen encoder), whose 87 MB of fp32 weights do
+not fit the 64 MiB that travels: ``minilm-fp16 OUT`` here writes it with fp16 weights
+(45 MB), ``minilm-fp32 SRC OUT`` there widens them back to fp32, so the encoder runs in
+fp32 as here, on weights rounded to fp16 (its states move by about 5e-3 on values up to
+10).
 """
 
 from __future__ import annotations
 
 import argparse
 import shutil
+import tempfile
 from pathlib import Path
 
 TOKENIZER_FILES = (
@@ -68,6 +76,33 @@ def bert(
     print(out)
 
 
+def minilm(out: Path, *, dtype: str, source: Path | None = None) -> None:
+    """The MiniLM folder (``source``, default the shipped one) with its weights in ``dtype``
+    (``float16`` to carry, ``float32`` to run), every other file copied as it is."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from diladiff_cli import hub
+    from diladiff_cli.files import replace_directory
+
+    source = source or hub.minilm_dir()
+    weights = load_file(source / "model.safetensors")
+    cast = getattr(torch, dtype)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    staging.chmod(0o755)
+    try:
+        for path in source.iterdir():
+            if path.is_file() and path.name != "model.safetensors":
+                shutil.copy(path, staging / path.name)
+        tensors = {k: v.to(cast).contiguous() for k, v in weights.items()}
+        save_file(tensors, staging / "model.safetensors", metadata={"format": "pt"})
+        replace_directory(staging, out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    print(out)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -80,9 +115,19 @@ def main() -> None:
     b.add_argument("--layers", type=int, default=12, help="bert-base-uncased: 12")
     b.add_argument("--hidden", type=int, default=768, help="bert-base-uncased: 768")
     b.add_argument("--heads", type=int, default=12, help="bert-base-uncased: 12")
+    sub.add_parser("minilm-fp16", help="here: the shipped MiniLM in fp16, to carry").add_argument(
+        "out", type=Path
+    )
+    w = sub.add_parser("minilm-fp32", help="there: a carried fp16 MiniLM back in fp32")
+    w.add_argument("source", type=Path)
+    w.add_argument("out", type=Path)
     args = p.parse_args()
     if args.command == "pack":
         pack(args.directory)
+    elif args.command == "minilm-fp16":
+        minilm(args.out, dtype="float16")
+    elif args.command == "minilm-fp32":
+        minilm(args.out, dtype="float32", source=args.source)
     else:
         bert(args.directory, args.out, layers=args.layers, hidden=args.hidden, heads=args.heads)
 

@@ -165,3 +165,34 @@ def test_gpu_standins_pack_and_build_a_loadable_encoder(tmp_path):
         EncoderConfig(name=str(out), layer=-1, max_len=32), device=torch.device("cpu")
     )
     assert encoder.hidden_size == 64
+
+
+def test_the_minilm_travels_in_fp16_and_is_found_through_the_override(tmp_path, monkeypatch):
+    """scripts/gpu_standins.py: the shipped MiniLM in fp16 (half the bytes), widened back to
+    fp32 there, holds the fp16-rounded weights; DILADIFF_MINILM_DIR points the toolkit at
+    such a copy, and a folder without a model is refused in one line."""
+    import importlib.util
+
+    from safetensors.torch import load_file
+
+    from diladiff_cli import hub
+
+    spec = importlib.util.spec_from_file_location("gpu_standins", ROOT / "scripts/gpu_standins.py")
+    standins = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(standins)
+    shipped = hub.minilm_dir()
+    standins.minilm(tmp_path / "m16", dtype="float16")
+    standins.minilm(tmp_path / "m32", dtype="float32", source=tmp_path / "m16")
+    weights = "model.safetensors"
+    assert (tmp_path / "m16" / weights).stat().st_size < 0.55 * (shipped / weights).stat().st_size
+    original, widened = load_file(shipped / weights), load_file(tmp_path / "m32" / weights)
+    assert widened.keys() == original.keys()
+    for key, value in original.items():
+        assert widened[key].dtype == torch.float32
+        assert torch.equal(widened[key], value.half().float()), key
+    assert {p.name for p in (tmp_path / "m32").iterdir()} >= {"config.json", "vocab.txt"}
+    monkeypatch.setenv(hub.MINILM_DIR_ENV, str(tmp_path / "m32"))
+    assert hub.minilm_dir() == tmp_path / "m32"
+    monkeypatch.setenv(hub.MINILM_DIR_ENV, str(tmp_path))
+    with pytest.raises(DiladiffError, match=r"DILADIFF_MINILM_DIR=.* holds no model"):
+        hub.minilm_dir()
