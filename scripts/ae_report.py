@@ -44,7 +44,7 @@ from diladiff_cli.ae import load_autoencoder
 from diladiff_cli.analysis.latent_analysis import analyse_autoencoder, latent_analysis_markdown
 from diladiff_cli.checkpoint import read_meta
 from diladiff_cli.config import load_recipe
-from diladiff_cli.distributed import init_runtime
+from diladiff_cli.distributed import device_name, init_runtime
 from diladiff_cli.errors import DiladiffError
 from diladiff_cli.files import atomic_write_text, read_jsonl
 from diladiff_cli.mdlm import load_mdlm
@@ -68,6 +68,7 @@ def parse() -> argparse.Namespace:
     p.add_argument("--bertscore-layers", type=int, default=6, help="MiniLM layer for BERTScore")
     p.add_argument("--bench-steps", type=int, default=5, help="training steps to time (0: skip)")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--device", default="cpu", help="cpu, cuda or auto (the decodes and NELBO)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out-md", default=str(ROOT / "docs" / "autoencoder.md"))
     p.add_argument("--out-json", default=str(ROOT / "docs" / "autoencoder.json"))
@@ -88,7 +89,7 @@ def report(args: argparse.Namespace) -> None:
     mdlm_path = args.mdlm or recipe.mdlm.out
     log = metrics_path(Path(checkpoint))
     train_log = read_jsonl(log) if log.exists() else []  # first: a corrupt log stops it early
-    runtime = init_runtime("cpu")
+    runtime = init_runtime(args.device)
     ae = load_autoencoder(checkpoint, device=runtime.device)
     mdlm = load_mdlm(mdlm_path, device=runtime.device)
     t0 = time.perf_counter()
@@ -117,7 +118,9 @@ def report(args: argparse.Namespace) -> None:
             "blocks": args.blocks,
             "bertscore_layers": args.bertscore_layers,
             "seed": args.seed,
-            "device": f"cpu ({args.threads} threads, {platform.processor() or platform.machine()})",
+            "device": device_name(runtime.device)
+            if runtime.device.type == "cuda"
+            else f"cpu ({args.threads} threads, {platform.processor() or platform.machine()})",
             "seconds": time.perf_counter() - t0,
         },
         "commands": [

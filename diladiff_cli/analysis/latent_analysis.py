@@ -145,12 +145,14 @@ def decode_batches(
     num: int | None = None,
 ) -> torch.Tensor:
     """Decode latents ``z`` ``(n, N, D)``, or ``num`` sequences with the null latent
-    (``z`` None), in batches of 32 seeded by :func:`~diladiff_cli.sample.batch_seed`.
+    (``z`` None), in batches of 32 seeded by :func:`~diladiff_cli.sample.batch_seed`, on the
+    autoencoder's device.
 
     Returns:
-        ``(n, L)`` token ids.
+        ``(n, L)`` token ids, on the CPU.
     """
     n = num if z is None else z.shape[0]
+    device = ae.model.state_mean.device
     rows = []
     for b, lo in enumerate(range(0, n, BATCH)):
         out = decode_latents(
@@ -159,10 +161,10 @@ def decode_batches(
             num=min(BATCH, n - lo),
             ndisc=ndisc,
             selection=selection,
-            generator=torch.Generator().manual_seed(batch_seed(seed, b)),
+            generator=torch.Generator(device).manual_seed(batch_seed(seed, b)),
         )
         rows.append(out.tokens)
-    return torch.cat(rows)
+    return torch.cat(rows).cpu()
 
 
 def decode_mdlm_batches(
@@ -172,8 +174,9 @@ def decode_mdlm_batches(
     id), in batches of 32 seeded as :func:`decode_batches`.
 
     Returns:
-        ``(n, L)`` token ids.
+        ``(n, L)`` token ids, on the CPU.
     """
+    device = next(mdlm.model.parameters()).device
     rows = []
     for b, lo in enumerate(range(0, n, BATCH)):
         out = sample_masked(
@@ -184,11 +187,11 @@ def decode_mdlm_batches(
             steps=ndisc,
             schedule=mdlm.schedule,
             selection=selection,
-            generator=torch.Generator().manual_seed(batch_seed(seed, b)),
-            device="cpu",
+            generator=torch.Generator(device).manual_seed(batch_seed(seed, b)),
+            device=device,
         )
         rows.append(out.tokens)
-    return torch.cat(rows)
+    return torch.cat(rows).cpu()
 
 
 def texts_of(ae: LoadedAutoencoder, tokens: torch.Tensor) -> list[str]:
@@ -288,7 +291,7 @@ def latent_noise_table(
     """
     z = encode_blocks(ae, data, blocks)
     refs = data.texts(np.arange(blocks))
-    noise = torch.randn(z.shape, generator=torch.Generator().manual_seed(seed + 1))
+    noise = torch.randn(z.shape, generator=torch.Generator().manual_seed(seed + 1)).to(z.device)
     kw = dict(ndisc=ANALYSIS_NDISC, selection="random", seed=seed)
     clean = texts_of(ae, decode_batches(ae, z, **kw))
     source_topics = None if oracle is None else topics_of(oracle, refs)
@@ -412,7 +415,8 @@ def analyse_autoencoder(
         ae: the autoencoder.
         mdlm: its base MDLM.
         data_dir: the prepared data.
-        runtime: the device (CPU: the decodes and the timing run there).
+        runtime: the device of the NELBO; the decodes run where ``ae`` and ``mdlm`` are,
+            the step timing (``bench_steps``) on the CPU.
         nelbo_batches: valid batches of 32 for the NELBO.
         blocks: held-out blocks to reconstruct.
         analysis_blocks: blocks of the latent-noise analysis.
