@@ -6,6 +6,7 @@
 #   make test        set up (with the test tools), then lint and run the test suite
 #   make bench       set up (with the dev extra: GPT-2's tokenizer), then run the benchmarks
 #                    (results appended to docs/benchmarks.md)
+#   make gpu-carry   what scripts/gpu_oracle.sh needs on a lent GPU machine without network
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
@@ -21,7 +22,7 @@ JOBS   ?= 1
 # The embedded default and the tests never touch the Hugging Face hub.
 OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
 
-.PHONY: setup test lint reproduce bench clean
+.PHONY: setup test lint reproduce bench gpu-carry clean
 
 # setup: what `make reproduce` needs; the test tools (the dev extra) come with `make test`
 setup: $(VENV)/.installed
@@ -66,6 +67,16 @@ reproduce: setup
 BENCH_ARGS ?=
 bench: $(VENV)/.installed-dev
 	$(OFFLINE) $(BIN)/python scripts/bench.py --recipe $(RECIPE) $(BENCH_ARGS)
+
+# gpu-carry: what scripts/gpu_oracle.sh needs on a lent GPU machine that reaches no network
+# and lacks these packages: the shipped MiniLM in fp16 and the wheels (Python 3.12, the
+# image's), about 47 MB in $(CARRY)/. Then, there: bash scripts/gpu_oracle.sh
+CARRY ?= .devcarry
+gpu-carry: setup
+	$(BIN)/python scripts/gpu_standins.py minilm-fp16 $(CARRY)/minilm-fp16
+	$(BIN)/python -m pip download --quiet --only-binary=:all: --python-version 3.12 \
+		--platform manylinux2014_x86_64 --no-deps -d $(CARRY)/wheels \
+		datasets==5.2.0 dill==0.4.1 multiprocess==0.70.19 bert-score==0.3.13
 
 clean:
 	rm -rf runs

@@ -38,6 +38,7 @@ Examples::
     python scripts/reproduce.py --only pareto,report
     python scripts/reproduce.py --seed 1             # a second seed of the whole pipeline
     python scripts/reproduce.py --scale paper --nproc 8
+    python scripts/reproduce.py --scale oracle-gpu   # the oracle corpus at L = 128 on one GPU
 
 The stages are planned from the recipes through :func:`diladiff_cli.config.load_recipe` and
 the experiment list of :mod:`diladiff_cli.analysis.experiments`, both torch-free: no torch
@@ -102,15 +103,18 @@ _PAPER_STUDENTS = (
     ("tvm-ln11", ("--objective", "tvm", "--set", "distill.time.std=1.0"), "diladiff_tvm_ln11.pt"),
     ("tvm-ln12", ("--objective", "tvm"), "diladiff_tvm_ln12.pt"),
 )
+_OWN_LN12 = (("meanflow-ln12", (), "diladiff_meanflow_ln12.pt"), *_PAPER_STUDENTS)
 STUDENTS = {
-    "oracle": (("meanflow-ln12", (), "diladiff_meanflow_ln12.pt"), *_PAPER_STUDENTS),
-    "tiny": (("meanflow-ln12", (), "diladiff_meanflow_ln12.pt"), *_PAPER_STUDENTS),
+    "oracle": _OWN_LN12,
+    "tiny": _OWN_LN12,
+    "oracle-gpu": _OWN_LN12,
     "paper": _PAPER_STUDENTS,
 }
 # Held-out blocks of experiment 1's latent analysis at the CPU scales (the paper scale: the
 # script's default). On the oracle corpus 12 blocks gave its topic shares a standard error of
-# about 0.15 and its verdicts split the pipeline seeds; 64 cost about 20 s more there.
-ANALYSIS_BLOCKS = {"oracle": 64, "tiny": 12}
+# about 0.15 and its verdicts split the pipeline seeds; 64 cost about 20 s more there. The
+# GPU scale decodes on the GPU: 256 blocks halve that standard error again.
+ANALYSIS_BLOCKS = {"oracle": 64, "tiny": 12, "oracle-gpu": 256}
 # prior_report.py measures its floor on training latents, but the paper pipeline encodes only
 # the valid split (all of OWT would not fit in memory): encode one shard of the training split.
 PAPER_TRAIN_LATENTS = 8192
@@ -190,8 +194,8 @@ def build_plan(
     """Every stage of a scale, in order.
 
     Args:
-        scale: ``oracle`` (recipes/oracle, CPU), ``tiny`` (recipes/tiny, CPU) or ``paper``
-            (recipes/paper, CUDA, torchrun).
+        scale: ``oracle`` (recipes/oracle, CPU), ``tiny`` (recipes/tiny, CPU), ``paper``
+            (recipes/paper, CUDA, torchrun) or ``oracle-gpu`` (recipes/oracle-gpu, one GPU).
         nproc: processes per node for the paper scale's training stages.
         results: the results directory (default ``results/<scale>``).
         python: the interpreter (default: this one).
@@ -208,8 +212,9 @@ def build_plan(
     base = base_recipe(scale)
     exp1, exp6 = experiment_recipe(scale, 1), experiment_recipe(scale, 6)
     paper = scale == "paper"
-    # The paper recipes are CUDA recipes: bf16 autocast, as their headers run them.
-    compute = ("--precision", "bf16") if paper else ()
+    gpu = scale not in CPU_SCALES
+    # The paper and oracle-gpu recipes are CUDA recipes: bf16 autocast, as their headers say.
+    compute = ("--precision", "bf16") if gpu else ()
     plain = (python, "-m", "diladiff_cli")
     launch = (_torchrun(), f"--nproc_per_node={nproc}", "-m", "diladiff_cli") if paper else plain
     seeded = ("--seed", str(seed)) if seed else ()  # every stage that trains or draws
@@ -267,9 +272,14 @@ def build_plan(
             *seeded, needs=["distill"], after=["train-prior"])  # fmt: skip
 
     analysis = f"{results}/exp1_latent_analysis/analysis"
-    # The CPU budget (20 min on 2 cores): fewer held-out blocks than the script's defaults.
-    light = () if paper else ("--blocks", "16", "--nelbo-batches", "4", "--analysis-blocks",
-                              str(ANALYSIS_BLOCKS[scale]), "--bench-steps", "0")  # fmt: skip
+    if paper:  # the script's defaults (on the CPU)
+        light: tuple[str, ...] = ()
+    elif gpu:  # the script's reconstruction defaults, more blocks, on the GPU
+        light = ("--analysis-blocks", str(ANALYSIS_BLOCKS[scale]), "--bench-steps", "0",
+                 "--device", "cuda")  # fmt: skip
+    else:  # the CPU budget (20 min on 2 cores): fewer held-out blocks than the defaults
+        light = ("--blocks", "16", "--nelbo-batches", "4", "--analysis-blocks",
+                 str(ANALYSIS_BLOCKS[scale]), "--bench-steps", "0")  # fmt: skip
     argv = (python, "scripts/ae_report.py", "--recipe", exp1,
             "--out-md", f"{analysis}.md", "--out-json", f"{analysis}.json", *light, *seeded)  # fmt: skip
     inputs = (f"{runs}/ae.pt", f"{runs}/mdlm.pt")
@@ -281,14 +291,14 @@ def build_plan(
     argv = (python, "scripts/prior_report.py", "--prior", f"{runs}/ladiff.pt",
             *(a for s in students for a in ("--student", s)), "--latents", f"{runs}/latents",
             "--out", f"{quality}.md", "--json", f"{quality}.json",
-            *(("--device", "cuda") if paper else ("--num-samples", "96", "--seeds", "3", "--teacher-runs",
-                                                   "euler:5,heun:5,heun:20,heun:200")))  # fmt: skip
+            *(("--device", "cuda") if gpu else ("--num-samples", "96", "--seeds", "3", "--teacher-runs",
+                                                 "euler:5,heun:5,heun:20,heun:200")))  # fmt: skip
     inputs = (f"{runs}/ladiff.pt", *students, f"{runs}/latents")
     stage = Stage("prior-quality", argv, "script", f"{quality}.json", inputs,
                   after=(*latents, *distilled))  # fmt: skip
     planned.append((stage, base, ("prior", "distill")))
 
-    sweep = ("--device", "cuda", "--precision", "bf16") if paper else ()
+    sweep = ("--device", "cuda", "--precision", "bf16") if gpu else ()
     for number, exp in sorted(enumerate(SWEEPS, 2), key=lambda e: e[0] != HEADLINE_SWEEP):
         out = f"{results}/{exp}"
         recipe = experiment_recipe(scale, number)
@@ -936,7 +946,7 @@ def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse(argv)
-    if args.nproc < 1 or (args.scale in CPU_SCALES and args.nproc != 1):
+    if args.nproc < 1 or (args.scale != "paper" and args.nproc != 1):
         print(
             f"error: --nproc must be 1 at the {args.scale} scale (one process) and >= 1 at the "
             "paper scale",
@@ -974,7 +984,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {clash}", file=sys.stderr)
         return 2
     env = dict(os.environ)
-    if args.scale in CPU_SCALES:  # the CPU scales never touch the hub
+    if args.scale != "paper":  # only the paper scale reads models and data from the hub
         env.setdefault("HF_HUB_OFFLINE", "1")
         env.setdefault("HF_DATASETS_OFFLINE", "1")
     results_dir = Path(results) if Path(results).is_absolute() else ROOT / results

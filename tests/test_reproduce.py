@@ -110,7 +110,34 @@ def test_dry_run_paper_uses_torchrun_and_drops_the_judge():
     assert "--json out/p/prior_quality.json" in commands["prior-quality"]
 
 
-@pytest.mark.parametrize("scale", ["oracle", "tiny", "paper"])
+def test_dry_run_oracle_gpu_runs_every_stage_on_one_gpu():
+    """The GPU scale: the oracle plan on recipes/oracle-gpu, one process (no torchrun),
+    bf16 trainings, and the sweeps and both script stages on CUDA."""
+    plan = _dry_run("--scale", "oracle-gpu")
+    assert [name for name, _ in plan] == ORACLE_ORDER
+    commands = dict(plan)
+    assert "torchrun" not in " ".join(commands.values())
+    for name in ("train-mdlm", "train-judge", "train-ae", "encode", "train-prior", "distill"):
+        assert commands[name].endswith(f"{name} recipes/oracle-gpu/default.yaml --precision bf16")
+    for i, exp in enumerate(reproduce.SWEEPS, 2):
+        assert commands[f"pareto-exp{i}"].endswith(
+            f"pareto recipes/oracle-gpu/{exp}.yaml --out results/oracle-gpu/{exp} "
+            "--device cuda --precision bf16"
+        )
+    assert commands["latent-analysis"].endswith(
+        "--analysis-blocks 256 --bench-steps 0 --device cuda"
+    )
+    assert commands["prior-quality"].endswith("--device cuda")
+    assert commands["report"].endswith("scripts/report.py --scale oracle-gpu --results "
+                                       "results/oracle-gpu")  # fmt: skip
+
+
+def test_oracle_gpu_takes_one_process(capsys):
+    assert reproduce.main(["--scale", "oracle-gpu", "--nproc", "2", "--dry-run"]) == 2
+    assert capsys.readouterr().err.startswith("error: --nproc must be 1 at the oracle-gpu scale")
+
+
+@pytest.mark.parametrize("scale", ["oracle", "tiny", "paper", "oracle-gpu"])
 def test_commands_are_the_ones_the_recipe_headers_document(scale):
     stages, _ = reproduce.build_plan(scale=scale, nproc=8)
     cli = {s.name: _after_module(s.argv) for s in stages if "diladiff_cli" in s.argv}
@@ -124,7 +151,7 @@ def test_commands_are_the_ones_the_recipe_headers_document(scale):
             assert cli[name] in documented, name
 
 
-@pytest.mark.parametrize("scale", ["oracle", "tiny", "paper"])
+@pytest.mark.parametrize("scale", ["oracle", "tiny", "paper", "oracle-gpu"])
 def test_the_script_stages_read_what_the_recipes_write(scale):
     stages = {s.name: s for s in reproduce.build_plan(scale=scale)[0]}
     base = ROOT / "recipes" / scale / ("pipeline.yaml" if scale == "paper" else "default.yaml")
@@ -403,7 +430,7 @@ def test_pipeline_wall_counts_overlapping_stages_once():
 def test_the_plan_runs_two_at_a_time_only_what_reads_nothing_unfinished():
     """Every stage waits for the stages whose outputs it reads, and for nothing after it;
     the stages that time what they do, or gain most from a second thread, run alone."""
-    for scale in ("oracle", "tiny", "paper"):
+    for scale in reproduce.SCALES:
         stages, _ = reproduce.build_plan(scale=scale)
         deps = reproduce.dependencies(stages)
         names = [s.name for s in stages]
@@ -530,6 +557,19 @@ def _synthetic_results(results: Path, *, se: float | None = 0.01) -> None:
     }  # fmt: skip
     timings = {"conditions": {"omp_num_threads": "1", "cpu_count": 2}, "stages": stages}
     (results / "timings.json").write_text(json.dumps(timings))
+
+
+def test_report_at_the_gpu_scale_states_its_target_not_the_cpu_budget(tmp_path):
+    results = tmp_path / "results"
+    _synthetic_results(results)
+    assert report.main(["--scale", "oracle-gpu", "--results", str(results)]) == 0
+    text = (results / "REPORT.md").read_text()
+    assert "# DiLaDiff reproduction report (oracle-gpu scale)" in text
+    assert (
+        "Target: about 10 min on one GPU for the oracle-gpu scale (an estimate made before "
+        "any run, recipes/oracle-gpu/default.yaml); this pipeline's stages took 23.3 min"
+    ) in text
+    assert "Budget: <=" not in text
 
 
 def _sections(text: str) -> dict[int, str]:

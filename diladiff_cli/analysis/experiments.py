@@ -10,8 +10,9 @@ import subprocess
 from pathlib import Path
 
 # oracle: the embedded default, the tiny sizes on the oracle corpus (exactly scored, CPU);
-# tiny: the same sizes on Shakespeare (CPU); paper: the paper's sizes (CUDA).
-SCALES = ("oracle", "tiny", "paper")
+# tiny: the same sizes on Shakespeare (CPU); paper: the paper's sizes (CUDA, torchrun);
+# oracle-gpu: the oracle corpus at L = 128 with an 8x512 DiT (one CUDA GPU, ~10 min).
+SCALES = ("oracle", "tiny", "paper", "oracle-gpu")
 CPU_SCALES = ("oracle", "tiny")
 # Number -> the name of its recipe (recipes/<scale>/<name>.yaml) and of its results directory.
 EXPERIMENTS: dict[int, str] = {
@@ -37,8 +38,8 @@ def recipes_dir(scale: str) -> str:
 
 
 def base_recipe(scale: str) -> str:
-    """The recipe every stage of a scale trains from: ``default.yaml`` (oracle, tiny) or
-    ``pipeline.yaml`` (paper), relative to the repository root."""
+    """The recipe every stage of a scale trains from: ``default.yaml`` (oracle, tiny,
+    oracle-gpu) or ``pipeline.yaml`` (paper), relative to the repository root."""
     return f"{recipes_dir(scale)}/{'pipeline.yaml' if scale == 'paper' else 'default.yaml'}"
 
 
