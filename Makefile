@@ -69,12 +69,13 @@ bench: $(VENV)/.installed-dev
 	$(OFFLINE) $(BIN)/python scripts/bench.py --recipe $(RECIPE) $(BENCH_ARGS)
 
 # gpu-carry: what scripts/gpu_oracle.sh needs on a lent GPU machine that reaches no network
-# and lacks these packages: the shipped MiniLM in fp16 and the wheels (Python 3.12, the
-# image's), about 47 MB in $(CARRY)/. Then, there: bash scripts/gpu_oracle.sh
-CARRY ?= .devcarry
+# and lacks these packages: the shipped MiniLM in fp16 and the wheels (for CARRY_PY, the
+# image's Python 3.12), about 47 MB in $(CARRY)/. Then, there: bash scripts/gpu_oracle.sh
+CARRY    ?= .devcarry
+CARRY_PY ?= 3.12
 gpu-carry: setup
 	$(BIN)/python scripts/gpu_standins.py minilm-fp16 $(CARRY)/minilm-fp16
-	$(BIN)/python -m pip download --quiet --only-binary=:all: --python-version 3.12 \
+	$(BIN)/python -m pip download --quiet --only-binary=:all: --python-version $(CARRY_PY) \
 		--platform manylinux2014_x86_64 --no-deps -d $(CARRY)/wheels \
 		datasets==5.2.0 dill==0.4.1 multiprocess==0.70.19 bert-score==0.3.13
 

