@@ -83,6 +83,11 @@ def main() -> None:
 
 
 def report(args: argparse.Namespace) -> None:
+    if args.device != "cpu" and args.bench_steps:
+        raise DiladiffError(
+            "--bench-steps times training steps on the CPU: pass --bench-steps 0 with "
+            f"--device {args.device} (scripts/bench.py times them on a GPU)"
+        )
     torch.set_num_threads(args.threads)
     recipe = load_recipe(args.recipe)
     checkpoint = args.checkpoint or recipe.ae.out

@@ -167,6 +167,22 @@ def test_ae_report_reads_a_damaged_metrics_log_in_one_line(tmp_path, torn):
     assert lines[0].startswith("error: ") and needle in lines[0], lines[0]
 
 
+def test_ae_report_refuses_a_cpu_step_timing_beside_another_device_in_one_line(tmp_path):
+    """The step timing runs on the CPU: with --device cuda it must be turned off, and the
+    script says so before it loads anything (here no checkpoint exists at all)."""
+    script = Path(__file__).resolve().parents[1] / "scripts" / "ae_report.py"
+    proc = subprocess.run(
+        [sys.executable, str(script), "--device", "cuda", "--checkpoint", str(tmp_path / "x")],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"},
+        timeout=300,
+    )
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode == 1 and len(lines) == 1, proc.stderr[-3000:]
+    assert lines[0].startswith("error: --bench-steps times training steps on the CPU")
+
+
 def _kill_in_replace(out: Path, *, target: str, steps: int) -> subprocess.CompletedProcess:
     """Run the driver and SIGKILL it inside the second rename onto ``target`` (the
     weights file, or the state directory after the old state was moved aside)."""
