@@ -85,13 +85,16 @@ def nelbo_table(
     return out
 
 
-def bertscores(cands: list[str], refs: list[str], *, layers: int) -> np.ndarray:
+def bertscores(
+    cands: list[str], refs: list[str], *, layers: int, device: torch.device | str = "cpu"
+) -> np.ndarray:
     """BERTScore-F1 of each candidate/reference pair ``(n,)``; an empty candidate scores 0.
 
     Args:
         cands: candidate texts.
         refs: reference texts, one per candidate.
         layers: the MiniLM layer.
+        device: where the MiniLM runs (the decodes' device).
     """
     pairs = [(c, r) for c, r in zip(cands, refs, strict=True)]
     # An empty candidate has no token embeddings; score it 0 instead of failing.
@@ -99,14 +102,16 @@ def bertscores(cands: list[str], refs: list[str], *, layers: int) -> np.ndarray:
     scores = np.zeros(len(pairs))
     if keep:
         scores[keep] = bertscore_f1(
-            [cands[i] for i in keep], [refs[i] for i in keep], num_layers=layers
+            [cands[i] for i in keep], [refs[i] for i in keep], num_layers=layers, device=device
         )
     return scores
 
 
-def mean_bertscore(cands: list[str], refs: list[str], *, layers: int) -> float:
+def mean_bertscore(
+    cands: list[str], refs: list[str], *, layers: int, device: torch.device | str = "cpu"
+) -> float:
     """Mean BERTScore-F1 of candidate/reference pairs (:func:`bertscores`)."""
-    return float(bertscores(cands, refs, layers=layers).mean())
+    return float(bertscores(cands, refs, layers=layers, device=device).mean())
 
 
 def measured(key: str, values: np.ndarray) -> dict[str, float | None]:
@@ -231,6 +236,7 @@ def reconstruction_table(
         One row per (Ndisc, selection, model).
     """
     z = encode_blocks(ae, data, blocks)
+    device = z.device  # BERTScore runs beside the decodes
     idx = np.arange(blocks)
     sources = list(data.blocks.tokens(idx))
     refs = data.texts(idx)
@@ -253,7 +259,9 @@ def reconstruction_table(
                         "selection": selection,
                         "model": model,
                         "token_accuracy": float(np.mean(acc)),
-                        "bertscore_f1": mean_bertscore(texts_of(ae, tokens), refs, layers=layers),
+                        "bertscore_f1": mean_bertscore(
+                            texts_of(ae, tokens), refs, layers=layers, device=device
+                        ),
                     }
                 )
             progress(f"reconstruction ndisc={ndisc} {selection}: {seconds:.1f}s")
@@ -290,6 +298,7 @@ def latent_noise_table(
         progress: called with a line per noise level.
     """
     z = encode_blocks(ae, data, blocks)
+    device = z.device  # BERTScore runs beside the decodes
     refs = data.texts(np.arange(blocks))
     noise = torch.randn(z.shape, generator=torch.Generator().manual_seed(seed + 1)).to(z.device)
     kw = dict(ndisc=ANALYSIS_NDISC, selection="random", seed=seed)
@@ -301,8 +310,8 @@ def latent_noise_table(
         texts = texts_of(ae, decode_batches(ae, zt, **kw))
         point: dict[str, Any] = {
             "t": t,
-            **measured("vs_t0_decode", bertscores(texts, clean, layers=layers)),
-            **measured("vs_ground_truth", bertscores(texts, refs, layers=layers)),
+            **measured("vs_t0_decode", bertscores(texts, clean, layers=layers, device=device)),
+            **measured("vs_ground_truth", bertscores(texts, refs, layers=layers, device=device)),
         }
         if oracle is not None:
             point |= measured("topic_kept", same_topic(topics_of(oracle, texts), source_topics))
@@ -321,9 +330,12 @@ def latent_noise_table(
         "ndisc": ANALYSIS_NDISC,
         "selection": "random",
         "curve": curve,
-        **measured("intra_pool", bertscores(other, clean, layers=layers)),
-        **measured("inter_pool", bertscores(shifted, clean, layers=layers)),
-        **measured("ground_truth_vs_other_block", bertscores(other_refs, refs, layers=layers)),
+        **measured("intra_pool", bertscores(other, clean, layers=layers, device=device)),
+        **measured("inter_pool", bertscores(shifted, clean, layers=layers, device=device)),
+        **measured(
+            "ground_truth_vs_other_block",
+            bertscores(other_refs, refs, layers=layers, device=device),
+        ),
     }
     if oracle is not None:
         clean_topics = topics_of(oracle, clean)
