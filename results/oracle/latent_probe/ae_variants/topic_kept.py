@@ -3,12 +3,17 @@ blocks, sampling seed 0, Ndisc 4 and 16; topic = argmax of the oracle's posterio
 1/8), with the decodes' oracle NLL and purity. Run from the root of a clone whose
 runs/oracle holds the pipeline:
 python results/oracle/latent_probe/ae_variants/topic_kept.py AE_CKPT"""
-import dataclasses, json, sys
+
+import dataclasses
+import json
+import sys
+
 from diladiff_cli.analysis.latent_analysis import same_topic, topics_of
 from diladiff_cli.data import decode_blocks, load_blocks, load_data_info
 from diladiff_cli.hub import load_tokenizer
 from diladiff_cli.oracle import load_oracle
 from diladiff_cli.pipeline import Pipeline
+
 pipe = Pipeline.load("recipes/oracle/default.yaml", device="cpu")
 pipe = dataclasses.replace(pipe, parts={**pipe.parts, "autoencoder": sys.argv[1]})
 info = load_data_info("runs/oracle/data")
