@@ -24,8 +24,8 @@ The oracle pipeline on a GPU (``scripts/gpu_oracle.sh``, ``make gpu-carry``) nee
 shipped MiniLM itself (the autoencoder's frozen encoder), whose 87 MB of fp32 weights do
 not fit the 64 MiB that travels: ``minilm-fp16 OUT`` here writes it with fp16 weights
 (45 MB), ``minilm-fp32 SRC OUT`` there widens them back to fp32, so the encoder runs in
-fp32 as here, on weights rounded to fp16 (its states move by about 5e-3 on values up to
-10).
+fp32 as here, on weights rounded to fp16: its layer-3 states (the encoder's) moved by at
+most 5e-3 on values up to 9.7, 0.06 % in norm, on two test sentences.
 """
 
 from __future__ import annotations
