@@ -213,7 +213,12 @@ def build_plan(
     paper = scale == "paper"
     gpu = scale not in CPU_SCALES
     # The paper and oracle-gpu recipes are CUDA recipes: bf16 autocast, as their headers say.
+    # The one-GPU scale names its device, so that a machine without one stops at the first
+    # training stage in one line instead of training its 8x512 DiT on the CPU (torchrun's
+    # processes, at paper scale, take theirs from their local rank).
     compute = ("--precision", "bf16") if gpu else ()
+    if gpu and not paper:
+        compute = (*compute, "--device", "cuda")
     plain = (python, "-m", "diladiff_cli")
     launch = (_torchrun(), f"--nproc_per_node={nproc}", "-m", "diladiff_cli") if paper else plain
     seeded = ("--seed", str(seed)) if seed else ()  # every stage that trains or draws

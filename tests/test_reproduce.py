@@ -118,7 +118,9 @@ def test_dry_run_oracle_gpu_runs_every_stage_on_one_gpu():
     commands = dict(plan)
     assert "torchrun" not in " ".join(commands.values())
     for name in ("train-mdlm", "train-judge", "train-ae", "encode", "train-prior", "distill"):
-        assert commands[name].endswith(f"{name} recipes/oracle-gpu/default.yaml --precision bf16")
+        assert commands[name].endswith(
+            f"{name} recipes/oracle-gpu/default.yaml --precision bf16 --device cuda"
+        )
     for i, exp in enumerate(reproduce.SWEEPS, 2):
         assert commands[f"pareto-exp{i}"].endswith(
             f"pareto recipes/oracle-gpu/{exp}.yaml --out results/oracle-gpu/{exp} "
