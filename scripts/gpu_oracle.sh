@@ -24,8 +24,10 @@ python=${PYTHON:-python3}
 for need in "$carry/minilm-fp16/model.safetensors" "$carry/wheels"; do
     [ -e "$need" ] || { echo "error: $need is missing: run 'make gpu-carry' and carry $carry" >&2; exit 2; }
 done
-"$python" -m pip install --quiet --no-index --no-deps "$carry"/wheels/*.whl
-export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
+# The wheels go to a folder of their own, not into the image's environment.
+site="${TMPDIR:-/tmp}/diladiff-site"
+"$python" -m pip install --quiet --no-index --no-deps --upgrade --target "$site" "$carry"/wheels/*.whl
+export PYTHONPATH="$PWD:$site${PYTHONPATH:+:$PYTHONPATH}" HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
 export DILADIFF_MINILM_DIR="${TMPDIR:-/tmp}/diladiff-minilm"
 "$python" scripts/gpu_standins.py minilm-fp32 "$carry/minilm-fp16" "$DILADIFF_MINILM_DIR"
 "$python" -c "import datasets, bert_score, torch; assert torch.cuda.is_available(), 'no CUDA'; print('device:', torch.cuda.get_device_name(0), '| torch', torch.__version__, '| datasets', datasets.__version__)"
