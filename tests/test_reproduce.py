@@ -108,6 +108,7 @@ def test_dry_run_paper_uses_torchrun_and_drops_the_judge():
         "--device cuda --precision bf16"
     )
     assert "--json out/p/prior_quality.json" in commands["prior-quality"]
+    assert commands["latent-analysis"].endswith("--bench-steps 0 --device cuda")  # not CPU-hours
 
 
 def test_dry_run_oracle_gpu_runs_every_stage_on_one_gpu():
