@@ -870,7 +870,7 @@ def timings_section(ctx: Context, timings: dict[str, Any] | None) -> list[str]:
         target = GPU_TARGET_S[ctx.scale] // 60
         lines.append(
             f"Target: about {target} min on one GPU for the {ctx.scale} scale (an estimate "
-            "made before any run, recipes/oracle-gpu/default.yaml); this pipeline's stages "
+            f"made before any run, {base_recipe(ctx.scale)}); this pipeline's stages "
             f"took {wall / 60:.1f} min of wall time."
         )
     else:

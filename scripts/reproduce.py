@@ -110,9 +110,10 @@ STUDENTS = {
     "oracle-gpu": _OWN_LN12,
     "paper": _PAPER_STUDENTS,
 }
-# Held-out blocks of experiment 1's latent analysis (the paper scale: the script's default). On the oracle corpus 12 blocks gave its topic shares a standard error of
-# about 0.15 and its verdicts split the pipeline seeds; 64 cost about 20 s more there. The
-# GPU scale decodes on the GPU: 256 blocks halve that standard error again.
+# Held-out blocks of experiment 1's latent analysis (the paper scale: the script's default).
+# On the oracle corpus 12 blocks gave its topic shares a standard error of about 0.15 and its
+# verdicts split the pipeline seeds; 64 cost about 20 s more there. The GPU scale decodes on
+# the GPU: 256 blocks halve that standard error again.
 ANALYSIS_BLOCKS = {"oracle": 64, "tiny": 12, "oracle-gpu": 256}
 # prior_report.py measures its floor on training latents, but the paper pipeline encodes only
 # the valid split (all of OWT would not fit in memory): encode one shard of the training split.
@@ -276,14 +277,11 @@ def build_plan(
             *seeded, needs=["distill"], after=["train-prior"])  # fmt: skip
 
     analysis = f"{results}/exp1_latent_analysis/analysis"
-    if paper:  # the script's block counts, on the GPU (its step timing is a CPU one)
-        light: tuple[str, ...] = ("--bench-steps", "0", "--device", "cuda")
-    elif gpu:  # the same, with more analysis blocks
-        light = ("--analysis-blocks", str(ANALYSIS_BLOCKS[scale]), "--bench-steps", "0",
-                 "--device", "cuda")  # fmt: skip
+    blocks = ("--analysis-blocks", str(ANALYSIS_BLOCKS[scale])) if scale in ANALYSIS_BLOCKS else ()
+    if gpu:  # the decodes on the GPU (the script's step timing is a CPU one)
+        light = (*blocks, "--bench-steps", "0", "--device", "cuda")
     else:  # the CPU budget (20 min on 2 cores): fewer held-out blocks than the defaults
-        light = ("--blocks", "16", "--nelbo-batches", "4", "--analysis-blocks",
-                 str(ANALYSIS_BLOCKS[scale]), "--bench-steps", "0")  # fmt: skip
+        light = ("--blocks", "16", "--nelbo-batches", "4", *blocks, "--bench-steps", "0")
     argv = (python, "scripts/ae_report.py", "--recipe", exp1,
             "--out-md", f"{analysis}.md", "--out-json", f"{analysis}.json", *light, *seeded)  # fmt: skip
     inputs = (f"{runs}/ae.pt", f"{runs}/mdlm.pt")

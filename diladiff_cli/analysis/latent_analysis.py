@@ -300,7 +300,7 @@ def latent_noise_table(
     z = encode_blocks(ae, data, blocks)
     device = z.device  # BERTScore runs beside the decodes
     refs = data.texts(np.arange(blocks))
-    noise = torch.randn(z.shape, generator=torch.Generator().manual_seed(seed + 1)).to(z.device)
+    noise = torch.randn(z.shape, generator=torch.Generator().manual_seed(seed + 1)).to(device)
     kw = dict(ndisc=ANALYSIS_NDISC, selection="random", seed=seed)
     clean = texts_of(ae, decode_batches(ae, z, **kw))
     source_topics = None if oracle is None else topics_of(oracle, refs)
